@@ -1,0 +1,55 @@
+"""quantlens: see and measure what quantization does to a neural network.
+
+Modules (one concept each): :mod:`~quantlens.quantize` (simulated quantization, STE, QAT,
+error reports), :mod:`~quantlens.data` (embedded digits data), :mod:`~quantlens.models`
+(reference models, pretrained loader), :mod:`~quantlens.train` (seeded training, evaluation,
+PTQ sweeps), :mod:`~quantlens.guard` (leave the caller's model unchanged),
+:mod:`~quantlens.plotting`, :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
+"""
+
+from . import plotting, widgets
+from .data import DigitsSplit, digits_loaders, load_digits_split
+from .guard import ModelSnapshot, eval_mode, preserved
+from .models import (
+    MLP,
+    DigitsCNN,
+    Pretrained,
+    TinyTransformer,
+    load_pretrained,
+    make_model,
+    minilm_path,
+)
+from .quantize import (
+    GRANULARITIES,
+    QUANTIZABLE_LAYERS,
+    ActivationFakeQuant,
+    QuantError,
+    QuantizedTensor,
+    QuantSpec,
+    WeightFakeQuant,
+    convert_qat,
+    error_report,
+    fake_quantize,
+    integer_linear,
+    prepare_qat,
+    qparams,
+    quantizable_layers,
+    quantization_error,
+    quantize,
+    quantize_dequantize,
+    quantize_model,
+)
+from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "plotting", "widgets",
+    "ActivationFakeQuant", "DigitsCNN", "DigitsSplit", "Evaluation", "GRANULARITIES", "MLP",
+    "ModelSnapshot", "Pretrained", "QUANTIZABLE_LAYERS", "QuantError", "QuantSpec",
+    "QuantizedTensor", "TinyTransformer", "WeightFakeQuant", "convert_qat", "digits_loaders",
+    "error_report", "eval_mode", "evaluate", "fake_quantize", "fit", "integer_linear",
+    "load_digits_split", "load_pretrained", "make_model", "minilm_path", "prepare_qat",
+    "preserved", "qparams", "quantizable_layers", "quantization_error", "quantization_sweep",
+    "quantize", "quantize_dequantize", "quantize_model", "trained_digits_model",
+]

@@ -1,0 +1,77 @@
+"""Embedded data: scikit-learn's handwritten digits (1,797 images of 8x8 pixels).
+
+The data ship inside scikit-learn, so nothing is downloaded. Pixel values (0-16) are scaled
+to [0, 1] and shaped ``(N, 1, 8, 8)``; every model in :mod:`quantlens.models` accepts that
+shape. Every analysis in quantlens also accepts any other ``torch.utils.data.DataLoader``
+that yields ``(inputs, targets)`` pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+@dataclass(frozen=True)
+class DigitsSplit:
+    """A deterministic stratified train/test split of the digits data.
+
+    ``x_*`` are float32 tensors of shape ``(N, 1, 8, 8)`` in [0, 1]; ``y_*`` int64 labels 0-9.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    def __repr__(self) -> str:
+        return f"DigitsSplit(train={len(self.y_train)}, test={len(self.y_test)}, classes=10)"
+
+
+def load_digits_split(test_size: float = 0.25, seed: int = 0) -> DigitsSplit:
+    """Load the digits and split them (stratified, seeded) into train and test sets.
+
+    Parameters
+    ----------
+    test_size : float
+        Fraction of the 1,797 images held out, in (0, 1). The default gives 1,347 / 450.
+    seed : int
+        Seed of the split.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if not isinstance(test_size, float) or not 0.0 < test_size < 1.0:
+        raise ValueError(f"test_size must be a float in (0, 1), got {test_size!r}")
+    x, y = load_digits(return_X_y=True)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_size, random_state=seed, stratify=y
+    )
+
+    def images(a):
+        return torch.tensor(a, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+
+    return DigitsSplit(
+        images(x_tr), torch.tensor(y_tr), images(x_te), torch.tensor(y_te)
+    )
+
+
+def digits_loaders(
+    batch_size: int = 64, test_size: float = 0.25, seed: int = 0
+) -> tuple[DataLoader, DataLoader]:
+    """Train and test DataLoaders over :func:`load_digits_split`.
+
+    ``seed`` fixes the split. The train loader shuffles with torch's global RNG, which
+    :func:`quantlens.fit` seeds, so a training run is reproducible; the test loader does not
+    shuffle.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    split = load_digits_split(test_size=test_size, seed=seed)
+    train = DataLoader(
+        TensorDataset(split.x_train, split.y_train), batch_size=batch_size, shuffle=True
+    )
+    test = DataLoader(TensorDataset(split.x_test, split.y_test), batch_size=batch_size)
+    return train, test

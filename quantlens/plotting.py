@@ -1,0 +1,86 @@
+"""Figures. Every function takes computed results and an optional Axes, and returns the Axes."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from .quantize import QuantSpec, qparams, quantization_error, quantize_dequantize
+
+
+def _axes(ax):
+    return plt.subplots(figsize=(6.4, 3.6))[1] if ax is None else ax
+
+
+def plot_weight_histogram(
+    weight: torch.Tensor,
+    spec: QuantSpec,
+    ax: plt.Axes | None = None,
+    bins: int = 200,
+    title: str | None = None,
+) -> plt.Axes:
+    """Histogram of ``weight`` (filled) and of ``Q(weight)`` (spikes) with the error readout.
+
+    For per-tensor specs the quantization grid (every level ``(q - z) s``) is drawn as
+    vertical lines; per-channel / per-group grids differ per row and are visible only
+    through the spikes of ``Q(weight)``.
+    """
+    ax = _axes(ax)
+    w = weight.detach().float().flatten().cpu().numpy()
+    q = quantize_dequantize(weight.detach().float(), spec).flatten().cpu().numpy()
+    edges = np.linspace(w.min(), w.max(), bins + 1)
+    ax.hist(w, bins=edges, color="0.75", label="FP32 weights")
+    ax.hist(q, bins=edges, histtype="step", color="C3", lw=1.0, label="quantized $Q(W)$")
+    if spec.granularity == "tensor" and spec.levels <= 64:
+        scale, zp = qparams(weight, spec)
+        grid = (np.arange(spec.qmin, spec.qmax + 1) - float(zp[0])) * float(scale[0])
+        for g in grid:
+            ax.axvline(g, color="C0", lw=0.4, alpha=0.6)
+        ax.plot([], [], color="C0", lw=0.6, label=f"grid ({spec.levels} levels)")
+    ax.set_yscale("log")
+    ax.set_xlabel("weight value")
+    ax.set_ylabel("count (log scale)")
+    e = quantization_error(weight, spec)
+    ax.set_title(title or spec.label())
+    ax.text(
+        0.01, 0.97,
+        f"RMSE {e.rmse:.2e} (law {e.rms_law:.2e})\nSNR {e.snr_db:.1f} dB, "
+        f"{e.levels_used} levels used",
+        transform=ax.transAxes, va="top", fontsize=8,
+    )
+    ax.legend(fontsize=7, loc="upper right")
+    return ax
+
+
+def plot_error_vs_bits(table: pd.DataFrame, ax: plt.Axes | None = None) -> plt.Axes:
+    """Measured RMSE and the ``s/sqrt(12)`` law against bit width (log y).
+
+    ``table`` needs columns ``bits, rmse, rms_law`` and optionally ``label`` (one line each).
+    """
+    ax = _axes(ax)
+    groups = table.groupby("label", sort=False) if "label" in table else [("", table)]
+    for i, (label, df) in enumerate(groups):
+        ax.semilogy(df["bits"], df["rmse"], "o-", color=f"C{i}", label=f"measured {label}")
+        ax.semilogy(df["bits"], df["rms_law"], "--", color=f"C{i}", alpha=0.6,
+                    label=f"$s/\\sqrt{{12}}$ {label}")
+    ax.set_xlabel("bits $b$")
+    ax.set_ylabel("RMS error (weight units, log)")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_accuracy_table(table: pd.DataFrame, ax: plt.Axes | None = None,
+                        baseline: float | None = None) -> plt.Axes:
+    """Accuracy (%) against bits, one line per column of a ``bits x granularity`` table."""
+    ax = _axes(ax)
+    for col in table.columns:
+        ax.plot(table.index, table[col], "o-", label=str(col))
+    if baseline is not None:
+        ax.axhline(baseline, color="k", ls=":", label="FP32")
+    ax.set_xlabel("weight bits $b$")
+    ax.set_ylabel("test accuracy (%)")
+    ax.invert_xaxis()
+    ax.legend(fontsize=8)
+    return ax
