@@ -7,7 +7,6 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.quantlens-installed
 CHAPTERS := $(filter-out book/intro.ipynb,$(wildcard book/*.ipynb))
-export MPLBACKEND := Agg
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
