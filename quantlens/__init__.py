@@ -2,14 +2,29 @@
 
 Modules (one concept each): :mod:`~quantlens.quantize` (simulated quantization, STE, QAT,
 error reports), :mod:`~quantlens.data` (embedded digits data), :mod:`~quantlens.models`
-(reference models, pretrained loader), :mod:`~quantlens.train` (seeded training, evaluation,
+(reference models, pretrained loader), :mod:`~quantlens.hessian` (Hessian spectrum,
+trace, density, per-layer sharpness), :mod:`~quantlens.train` (seeded training, evaluation,
 PTQ sweeps), :mod:`~quantlens.guard` (leave the caller's model unchanged),
 :mod:`~quantlens.plotting`, :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
 
-from . import plotting, widgets
+from . import hessian, plotting, widgets
 from .data import DigitsSplit, digits_loaders, load_digits_split
 from .guard import ModelSnapshot, eval_mode, preserved
+from .hessian import (
+    EigenResult,
+    HessianOperator,
+    SpectralDensity,
+    TraceEstimate,
+    exact_trace,
+    hutchinson,
+    hutchpp,
+    lanczos,
+    layer_sharpness,
+    power_iteration,
+    spectral_density,
+    top_eigenvalues,
+)
 from .models import (
     MLP,
     DigitsCNN,
@@ -44,7 +59,10 @@ from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits
 __version__ = "0.1.0"
 
 __all__ = [
-    "plotting", "widgets",
+    "hessian", "plotting", "widgets",
+    "EigenResult", "HessianOperator", "SpectralDensity", "TraceEstimate", "exact_trace",
+    "hutchinson", "hutchpp", "lanczos", "layer_sharpness", "power_iteration",
+    "spectral_density", "top_eigenvalues",
     "ActivationFakeQuant", "DigitsCNN", "DigitsSplit", "Evaluation", "GRANULARITIES", "MLP",
     "ModelSnapshot", "Pretrained", "QUANTIZABLE_LAYERS", "QuantError", "QuantSpec",
     "QuantizedTensor", "TinyTransformer", "WeightFakeQuant", "convert_qat", "digits_loaders",

@@ -1,0 +1,569 @@
+"""The Hessian of the loss with respect to the parameters, through Hessian-vector products.
+
+For a data set of ``N`` examples and parameters ``θ`` (all trainable ones, or a chosen subset)
+
+.. math:: L(θ) = \\frac{1}{N} \\sum_b n_b\\, \\ell_b(θ), \\qquad H = \\nabla^2_θ L(θ),
+
+where ``ℓ_b`` is the mean loss of batch ``b`` (``n_b`` examples). ``H`` is never formed: every
+algorithm here only needs products ``Hv``. :class:`HessianOperator` computes them exactly over
+a whole DataLoader (or one batch) by
+
+* ``"double_backward"``: ``Hv = ∇_θ (∇_θ L · v)``. The graph of the first backward pass is
+  built once and kept, so each product costs one backward pass (work reused across
+  products); memory grows with the data set's activations.
+* ``"forward_over_reverse"``: ``Hv = jvp(∇_θ L, θ, v)`` with :mod:`torch.func`, recomputing
+  forward and backward for every product; constant memory in the number of products.
+
+On top of it: :func:`lanczos` (top/bottom eigenpairs, full reorthogonalization),
+:func:`power_iteration` (with deflation, as PyHessian), :func:`hutchinson` and
+:func:`hutchpp` (trace with standard errors), :func:`spectral_density` (stochastic Lanczos
+quadrature) and :func:`layer_sharpness` (per-layer ``λ_max`` and trace). The model is never
+modified: the operator evaluates it with :func:`torch.func.functional_call` on detached
+copies of the parameters, in eval mode, and restores every module's mode.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .guard import eval_mode
+from .quantize import quantizable_layers
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+METHODS = ("double_backward", "forward_over_reverse")
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EigenResult:
+    """Eigenpairs of ``H`` and how they were obtained.
+
+    ``eigenvalues`` are sorted from the requested end (descending for ``"largest"``,
+    ascending for ``"smallest"``); ``eigenvectors`` has shape ``(n_params, k)``; ``history``
+    has one row per iteration with the current estimates; ``residuals`` are the final
+    ``||H u - λ u||`` bounds; ``n_hvp`` counts Hessian-vector products.
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: torch.Tensor = field(repr=False)
+    n_hvp: int
+    history: np.ndarray = field(repr=False)
+    residuals: np.ndarray
+    converged: bool
+    method: str
+
+
+@dataclass(frozen=True)
+class TraceEstimate:
+    """A stochastic trace estimate ``tr(H) ≈ value ± stderr`` from ``n_hvp`` products."""
+
+    value: float
+    stderr: float
+    n_hvp: int
+    method: str
+    samples: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class SpectralDensity:
+    """Smoothed eigenvalue density ``φ(t) = Σ_i τ_i N(t; θ_i, σ²)`` averaged over runs.
+
+    ``nodes``/``weights`` are the Gauss quadrature nodes ``θ_i`` and weights ``τ_i`` of every
+    run (each run's weights sum to 1), ``grid``/``density`` the smoothed curve.
+    """
+
+    grid: np.ndarray = field(repr=False)
+    density: np.ndarray = field(repr=False)
+    nodes: np.ndarray = field(repr=False)
+    weights: np.ndarray = field(repr=False)
+    sigma: float
+    n_hvp: int
+
+
+# ---------------------------------------------------------------------------------------------
+# the operator
+# ---------------------------------------------------------------------------------------------
+def _select_params(model: nn.Module, params) -> dict[str, torch.Tensor]:
+    named = dict(model.named_parameters())
+    if params is None:
+        chosen = {k: p for k, p in named.items() if p.requires_grad}
+    else:
+        names = [params] if isinstance(params, str) else list(params)
+        modules = dict(model.named_modules())
+        chosen = {}
+        for name in names:
+            if name in named:
+                chosen[name] = named[name]
+            elif name in modules:
+                prefix = f"{name}." if name else ""
+                for k, p in modules[name].named_parameters():
+                    if p.requires_grad:
+                        chosen[prefix + k] = p
+            else:
+                raise ValueError(f"params: {name!r} is neither a parameter nor a module name")
+    if not chosen:
+        raise ValueError("model has no trainable parameter to differentiate (params selection)")
+    return chosen
+
+
+class HessianOperator:
+    """Exact Hessian-vector products of a model's loss over a data set.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Evaluated in eval mode (BatchNorm uses running statistics, dropout is off); never
+        modified.
+    loader : DataLoader, optional
+        Batches ``(inputs, targets)``; ``H`` is the exact example-weighted average over all.
+    batch : tuple, optional
+        A single ``(inputs, targets)`` batch instead of ``loader``.
+    loss_fn : callable
+        ``loss_fn(outputs, targets)`` returning the scalar batch mean.
+    params : str or list of str, optional
+        Parameter or module names to differentiate (default: every trainable parameter).
+    method : {"double_backward", "forward_over_reverse"}
+        How products are computed (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loader: DataLoader | None = None,
+        batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+        loss_fn: LossFn = nn.functional.cross_entropy,
+        params: str | Iterable[str] | None = None,
+        method: str = "double_backward",
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if (loader is None) == (batch is None):
+            raise ValueError("give exactly one of loader and batch")
+        if loader is not None and not isinstance(loader, DataLoader):
+            raise TypeError(f"loader must be a DataLoader, got {type(loader).__name__}")
+        self.model, self.loss_fn, self.method = model, loss_fn, method
+        chosen = _select_params(model, params)
+        self.names = list(chosen)
+        self.shapes = [p.shape for p in chosen.values()]
+        self.sizes = [p.numel() for p in chosen.values()]
+        self.n = sum(self.sizes)
+        self.device = next(iter(chosen.values())).device
+        self.dtype = next(iter(chosen.values())).dtype
+        self._theta = [p.detach().clone().requires_grad_(True) for p in chosen.values()]
+        batches = list(loader) if loader is not None else [tuple(batch)]
+        batches = [(x.to(self.device), y.to(self.device)) for x, y in batches]
+        self.n_examples = sum(len(y) for _, y in batches)
+        if self.n_examples == 0:
+            raise ValueError("loader is empty: no example to compute the Hessian on")
+        self._batches = [(x, y, len(y) / self.n_examples) for x, y in batches if len(y)]
+        self.n_hvp = 0
+        self._flat_grad = None
+        self.loss = self._init_loss()
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _batch_loss(self, theta: list[torch.Tensor], x, y) -> torch.Tensor:
+        out = functional_call(self.model, dict(zip(self.names, theta)), (x,))
+        loss = self.loss_fn(out, y)
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            raise ValueError("loss_fn must return a scalar tensor (the batch mean)")
+        return loss
+
+    def _init_loss(self) -> float:
+        total = 0.0
+        grads = None
+        with eval_mode(self.model):
+            for x, y, w in self._batches:
+                loss = self._batch_loss(self._theta, x, y)
+                if not bool(torch.isfinite(loss)):
+                    value = float(loss.detach())
+                    raise ValueError(f"loss is not finite ({value}) at these weights")
+                total += w * float(loss.detach())
+                if self.method == "double_backward":
+                    g = torch.autograd.grad(loss, self._theta, create_graph=True)
+                    flat = torch.cat([t.reshape(-1) for t in g]) * w
+                    grads = flat if grads is None else grads + flat
+        self._flat_grad = grads
+        return total
+
+    def split(self, v: torch.Tensor) -> list[torch.Tensor]:
+        """Split a flat vector into tensors shaped like the parameters."""
+        return [t.reshape(s) for t, s in zip(torch.split(v, self.sizes), self.shapes)]
+
+    def gradient(self) -> torch.Tensor:
+        """The flat gradient ``∇_θ L``."""
+        if self._flat_grad is not None:
+            return self._flat_grad.detach().clone()
+        with eval_mode(self.model):
+            total = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+            for x, y, w in self._batches:
+                g = torch.autograd.grad(self._batch_loss(self._theta, x, y), self._theta)
+                total += w * torch.cat([t.reshape(-1) for t in g])
+        return total
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``H v`` for a flat vector ``v`` of length :attr:`n`."""
+        v = v.to(device=self.device, dtype=self.dtype)
+        self.n_hvp += 1
+        if self.method == "double_backward":
+            hv = torch.autograd.grad(self._flat_grad, self._theta, grad_outputs=v,
+                                     retain_graph=True)
+            return torch.cat([t.reshape(-1) for t in hv]).detach()
+        tangents = tuple(self.split(v))
+        total = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        with eval_mode(self.model):
+            for x, y, w in self._batches:
+                def grad_fn(*theta, x=x, y=y):
+                    return torch.func.grad(
+                        lambda th: self._batch_loss(list(th), x, y))(theta)
+                with warnings.catch_warnings():
+                    # torch.func.jvp registers decompositions with torch.jit.script, which
+                    # torch itself deprecates; the warning is about torch's internals
+                    warnings.filterwarnings("ignore", message=".*torch.jit.script.*",
+                                            category=DeprecationWarning)
+                    _, hv = torch.func.jvp(grad_fn, tuple(t.detach() for t in self._theta),
+                                           tangents)
+                total += w * torch.cat([t.reshape(-1) for t in hv])
+        return total
+
+    __matmul__ = matvec
+
+
+def _as_operator(op_or_model, **kwargs) -> HessianOperator:
+    if isinstance(op_or_model, HessianOperator):
+        return op_or_model
+    return HessianOperator(op_or_model, **kwargs)
+
+
+def _check_int(name: str, value, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+
+
+def _rademacher(n: int, gen: torch.Generator, dtype, device) -> torch.Tensor:
+    return (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# eigenvalues
+# ---------------------------------------------------------------------------------------------
+def lanczos(
+    op: HessianOperator,
+    k: int = 1,
+    which: str = "largest",
+    max_iter: int | None = None,
+    tol: float = 1e-5,
+    seed: int = 0,
+) -> EigenResult:
+    """Extreme eigenpairs of ``H`` by the Lanczos method with full reorthogonalization.
+
+    The Krylov basis ``q_1, ..., q_m`` of ``H`` from a seeded Gaussian start gives the
+    tridiagonal ``T_m = Q_m^T H Q_m``; its eigenvalues (Ritz values) converge to the extreme
+    eigenvalues of ``H``. Iteration stops when the residual bound ``|β_m s_{m,i}|`` of each of
+    the ``k`` wanted Ritz pairs is at most ``tol · |θ_i|``, when the Krylov space becomes
+    invariant, or after ``max_iter`` products. Each Lanczos vector is orthogonalized twice
+    against all previous ones, so no spurious copies of converged eigenvalues appear.
+
+    Memory: the basis holds ``(max_iter + 1) · n`` numbers of the parameter dtype.
+
+    Parameters
+    ----------
+    op : HessianOperator
+    k : int
+        Number of eigenpairs, ``1 <= k <= n``.
+    which : {"largest", "smallest"}
+        Algebraically largest or smallest eigenvalues.
+    max_iter : int, optional
+        Maximum number of products (default ``min(n, max(4k, 30) + 50)``).
+    tol : float
+        Relative residual tolerance.
+    seed : int
+        Seed of the start vector.
+    """
+    _check_int("k", k)
+    if k > op.n:
+        raise ValueError(f"k={k} is larger than the number of parameters ({op.n})")
+    if which not in ("largest", "smallest"):
+        raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
+    m = min(op.n, max_iter if max_iter is not None else max(4 * k, 30) + 50)
+    _check_int("max_iter", m, k)
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(op.n, generator=gen, dtype=torch.float64).to(op.dtype).to(op.device)
+    basis = torch.zeros(m + 1, op.n, dtype=op.dtype, device=op.device)
+    basis[0] = q / q.norm()
+    alphas, betas, history = [], [], []
+    start = op.n_hvp
+    converged = False
+    for j in range(m):
+        w = op.matvec(basis[j])
+        alpha = float(w @ basis[j])
+        alphas.append(alpha)
+        for _ in range(2):  # full reorthogonalization, twice ("twice is enough")
+            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+        beta = float(w.norm())
+        theta, s = _ritz(alphas, betas)
+        idx = np.argsort(-theta if which == "largest" else theta)[: min(k, j + 1)]
+        res = np.abs(beta * s[-1, idx])
+        history.append(np.pad(theta[idx], (0, k - len(idx)), constant_values=np.nan))
+        invariant = beta <= 1e-10 * max(abs(theta).max(), 1e-30)
+        if len(idx) == k and (invariant or np.all(res <= tol * np.maximum(np.abs(theta[idx]),
+                                                                          1e-30))):
+            converged = True
+            break
+        if invariant:  # H has fewer than k distinct eigenvalues reachable from this start
+            break
+        if j + 1 < m:
+            betas.append(beta)
+            basis[j + 1] = w / beta
+    vecs = basis[: len(alphas)].T @ torch.as_tensor(s[:, idx], dtype=op.dtype, device=op.device)
+    return EigenResult(
+        eigenvalues=theta[idx], eigenvectors=vecs, n_hvp=op.n_hvp - start,
+        history=np.array(history), residuals=res, converged=converged, method="lanczos",
+    )
+
+
+def _ritz(alphas: list[float], betas: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    t = np.diag(alphas)
+    if betas:
+        off = np.array(betas[: len(alphas) - 1])
+        t += np.diag(off, 1) + np.diag(off, -1)
+    return np.linalg.eigh(t)
+
+
+def power_iteration(
+    op: HessianOperator,
+    k: int = 1,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    seed: int = 0,
+) -> EigenResult:
+    """Top-``k`` eigenpairs by power iteration with deflation, as PyHessian does.
+
+    For each ``i``: start from a seeded Gaussian vector, orthogonalize against the
+    eigenvectors already found, ``v ← Hv/||Hv||``, ``λ = v^T H v``; stop when
+    ``|λ_t - λ_{t-1}| < tol · |λ_{t-1}|``. Converges to the eigenvalue of largest *magnitude*
+    at rate ``|λ_2/λ_1|`` per product, which is why Lanczos needs far fewer products.
+    """
+    _check_int("k", k)
+    _check_int("max_iter", max_iter)
+    if k > op.n:
+        raise ValueError(f"k={k} is larger than the number of parameters ({op.n})")
+    gen = torch.Generator().manual_seed(seed)
+    found: list[torch.Tensor] = []
+    values, history, residuals = [], [], []
+    start = op.n_hvp
+    converged = True
+    for _ in range(k):
+        v = torch.randn(op.n, generator=gen, dtype=torch.float64).to(op.dtype).to(op.device)
+        lam_old, trace = None, []
+        ok = False
+        for _ in range(max_iter):
+            for u in found:
+                v = v - (u @ v) * u
+            v = v / v.norm()
+            hv = op.matvec(v)
+            lam = float(v @ hv)
+            trace.append(lam)
+            if lam_old is not None and abs(lam - lam_old) < tol * abs(lam_old) + 1e-30:
+                ok = True
+                break
+            lam_old = lam
+            v = hv
+        converged &= ok
+        residuals.append(float((hv - lam * v).norm()))
+        found.append(v)
+        values.append(lam)
+        history.extend(trace)
+    return EigenResult(
+        eigenvalues=np.array(values), eigenvectors=torch.stack(found, 1), n_hvp=op.n_hvp - start,
+        history=np.array(history)[:, None], residuals=np.array(residuals), converged=converged,
+        method="power",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# trace
+# ---------------------------------------------------------------------------------------------
+def hutchinson(op: HessianOperator, n_samples: int = 100, seed: int = 0) -> TraceEstimate:
+    """Hutchinson's estimator ``tr(H) ≈ (1/m) Σ_j z_j^T H z_j`` with Rademacher ``z_j``.
+
+    The standard error is the sample standard deviation over ``sqrt(m)``.
+    """
+    _check_int("n_samples", n_samples, 2)
+    gen = torch.Generator().manual_seed(seed)
+    start = op.n_hvp
+    samples = np.array([
+        float(z @ op.matvec(z))
+        for z in (_rademacher(op.n, gen, op.dtype, op.device) for _ in range(n_samples))
+    ])
+    return TraceEstimate(
+        value=float(samples.mean()), stderr=float(samples.std(ddof=1) / np.sqrt(n_samples)),
+        n_hvp=op.n_hvp - start, method="hutchinson", samples=samples,
+    )
+
+
+def exact_trace(op: HessianOperator) -> TraceEstimate:
+    """``tr(H) = Σ_i e_i^T H e_i`` with ``n`` products on the unit vectors (standard error 0)."""
+    start = op.n_hvp
+    diag = np.empty(op.n)
+    for i in range(op.n):
+        e = torch.zeros(op.n, dtype=op.dtype, device=op.device)
+        e[i] = 1
+        diag[i] = float(op.matvec(e)[i])
+    return TraceEstimate(value=float(diag.sum()), stderr=0.0, n_hvp=op.n_hvp - start,
+                         method="exact", samples=diag)
+
+
+def hutchpp(op: HessianOperator, n_hvp: int = 99, seed: int = 0) -> TraceEstimate:
+    """Hutch++ (Meyer, Musco, Musco & Woodruff, 2021): variance-reduced trace estimation.
+
+    With a budget of ``m`` products: ``Q = orth(H S)`` for ``m/3`` Rademacher columns ``S``
+    captures the dominant eigenspace; its trace ``tr(Q^T H Q)`` is computed exactly
+    (``m/3`` products) and Hutchinson is applied only to the deflated remainder
+    ``(I - QQ^T) H (I - QQ^T)`` with the last ``m/3`` products. The standard error is that of
+    the remainder's samples. Needs ``m >= 6``.
+    """
+    _check_int("n_hvp", n_hvp, 6)
+    gen = torch.Generator().manual_seed(seed)
+    k = n_hvp // 3
+    r = n_hvp - 2 * k
+    start = op.n_hvp
+    s = torch.stack([_rademacher(op.n, gen, op.dtype, op.device) for _ in range(k)], 1)
+    hs = torch.stack([op.matvec(s[:, i]) for i in range(k)], 1)
+    q, _ = torch.linalg.qr(hs)
+    exact = sum(float(q[:, i] @ op.matvec(q[:, i])) for i in range(q.shape[1]))
+    samples = []
+    for _ in range(r):
+        z = _rademacher(op.n, gen, op.dtype, op.device)
+        z = z - q @ (q.T @ z)
+        samples.append(float(z @ op.matvec(z)))
+    samples = np.array(samples)
+    stderr = float(samples.std(ddof=1) / np.sqrt(r)) if r > 1 else float("nan")
+    return TraceEstimate(
+        value=exact + float(samples.mean()), stderr=stderr, n_hvp=op.n_hvp - start,
+        method="hutch++", samples=samples,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# density
+# ---------------------------------------------------------------------------------------------
+def spectral_density(
+    op: HessianOperator,
+    n_iter: int = 60,
+    n_runs: int = 4,
+    sigma: float | None = None,
+    grid_size: int = 1000,
+    seed: int = 0,
+) -> SpectralDensity:
+    """Eigenvalue density of ``H`` by stochastic Lanczos quadrature (Ghorbani et al., 2019).
+
+    For each of ``n_runs`` normalized Rademacher vectors ``v``, ``m = n_iter`` Lanczos steps
+    give ``T_m = S Θ S^T``; the nodes ``θ_i`` with weights ``τ_i = S_{1i}^2`` form a Gauss
+    quadrature of ``v^T f(H) v``, so ``φ(t) = (1/runs) Σ Σ_i τ_i N(t; θ_i, σ^2)`` estimates
+    the density ``(1/n) Σ_j δ(t - λ_j)`` smoothed by a Gaussian of width ``σ``
+    (default: 1% of the spectral range). ``φ`` integrates to 1.
+    """
+    _check_int("n_iter", n_iter, 2)
+    _check_int("n_runs", n_runs)
+    gen = torch.Generator().manual_seed(seed)
+    m = min(n_iter, op.n)
+    nodes, weights = [], []
+    start = op.n_hvp
+    for _ in range(n_runs):
+        v = _rademacher(op.n, gen, op.dtype, op.device)
+        basis = torch.zeros(m, op.n, dtype=op.dtype, device=op.device)
+        basis[0] = v / v.norm()
+        alphas, betas = [], []
+        for j in range(m):
+            w = op.matvec(basis[j])
+            alphas.append(float(w @ basis[j]))
+            for _ in range(2):
+                w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+            beta = float(w.norm())
+            if j + 1 == m or beta <= 1e-10 * max(abs(a) for a in alphas):
+                break
+            betas.append(beta)
+            basis[j + 1] = w / beta
+        theta, s = _ritz(alphas, betas)
+        nodes.append(theta)
+        weights.append(s[0] ** 2)
+    all_nodes = np.concatenate(nodes)
+    span = float(all_nodes.max() - all_nodes.min()) or 1.0
+    sig = sigma if sigma is not None else 0.01 * span
+    if not sig > 0:
+        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    grid = np.linspace(all_nodes.min() - 5 * sig, all_nodes.max() + 5 * sig, grid_size)
+    dens = np.zeros_like(grid)
+    for th, tau in zip(nodes, weights):
+        dens += (tau[None, :] * np.exp(-((grid[:, None] - th[None, :]) ** 2) / (2 * sig**2))
+                 ).sum(1) / (np.sqrt(2 * np.pi) * sig)
+    return SpectralDensity(
+        grid=grid, density=dens / n_runs, nodes=all_nodes, weights=np.concatenate(weights) / n_runs,
+        sigma=sig, n_hvp=op.n_hvp - start,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# convenience and per-layer
+# ---------------------------------------------------------------------------------------------
+def top_eigenvalues(model: nn.Module, loader: DataLoader, k: int = 1,
+                    loss_fn: LossFn = nn.functional.cross_entropy, **kwargs) -> EigenResult:
+    """``lanczos(HessianOperator(model, loader, loss_fn=loss_fn), k, **kwargs)``."""
+    return lanczos(HessianOperator(model, loader, loss_fn=loss_fn), k, **kwargs)
+
+
+def layer_sharpness(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+    layers: Iterable[str] | None = None,
+    trace_hvp: int = 30,
+    tol: float = 1e-4,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Per-layer ``λ_max`` and trace of the diagonal Hessian block of each layer.
+
+    For every quantizable layer (or the named ``layers``) the block ``H_ℓℓ`` of the loss
+    Hessian with respect to that layer's parameters (weight and bias; for a fake-quant model
+    the latent weight) gives ``λ_max`` by :func:`lanczos` and ``tr(H_ℓℓ)`` by :func:`hutchpp`
+    with ``trace_hvp`` products — or exactly (:func:`exact_trace`) when the layer has at most
+    ``trace_hvp`` parameters.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by layer name: ``type, n_params, lambda_max, trace, trace_se, trace_method,
+        trace_per_param, n_hvp``.
+    """
+    names = list(quantizable_layers(model)) if layers is None else list(layers)
+    if not names:
+        raise ValueError("model has no quantizable layer; pass layers=[...] explicitly")
+    modules = dict(model.named_modules())
+    rows = []
+    for name in tqdm(names, desc="layers", disable=not progress, leave=False):
+        if name not in modules:
+            raise ValueError(f"layers: {name!r} is not a module of the model")
+        op = HessianOperator(model, loader, loss_fn=loss_fn, params=name)
+        eig = lanczos(op, 1, tol=tol, seed=seed)
+        tr = exact_trace(op) if op.n <= trace_hvp else hutchpp(op, trace_hvp, seed=seed)
+        rows.append({"layer": name, "type": type(modules[name]).__name__, "n_params": op.n,
+                     "lambda_max": float(eig.eigenvalues[0]), "trace": tr.value,
+                     "trace_se": tr.stderr, "trace_method": tr.method,
+                     "trace_per_param": tr.value / op.n,
+                     "n_hvp": op.n_hvp})
+    return pd.DataFrame(rows).set_index("layer")
