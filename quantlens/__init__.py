@@ -8,7 +8,7 @@ PTQ sweeps), :mod:`~quantlens.guard` (leave the caller's model unchanged),
 :mod:`~quantlens.plotting`, :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
 
-from . import hessian, plotting, widgets
+from . import hessian, plotting, testing, widgets
 from .data import DigitsSplit, digits_loaders, load_digits_split
 from .guard import ModelSnapshot, eval_mode, preserved
 from .hessian import (
@@ -17,6 +17,7 @@ from .hessian import (
     SpectralDensity,
     TraceEstimate,
     exact_trace,
+    hessian_summary,
     hutchinson,
     hutchpp,
     lanczos,
@@ -42,6 +43,7 @@ from .quantize import (
     QuantizedTensor,
     QuantSpec,
     WeightFakeQuant,
+    calibrate_activations,
     convert_qat,
     error_report,
     fake_quantize,
@@ -59,13 +61,15 @@ from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits
 __version__ = "0.1.0"
 
 __all__ = [
-    "hessian", "plotting", "widgets",
+    "hessian", "plotting", "testing", "widgets",
     "EigenResult", "HessianOperator", "SpectralDensity", "TraceEstimate", "exact_trace",
+    "hessian_summary",
     "hutchinson", "hutchpp", "lanczos", "layer_sharpness", "power_iteration",
     "spectral_density", "top_eigenvalues",
     "ActivationFakeQuant", "DigitsCNN", "DigitsSplit", "Evaluation", "GRANULARITIES", "MLP",
     "ModelSnapshot", "Pretrained", "QUANTIZABLE_LAYERS", "QuantError", "QuantSpec",
-    "QuantizedTensor", "TinyTransformer", "WeightFakeQuant", "convert_qat", "digits_loaders",
+    "QuantizedTensor", "calibrate_activations", "TinyTransformer", "WeightFakeQuant",
+    "convert_qat", "digits_loaders",
     "error_report", "eval_mode", "evaluate", "fake_quantize", "fit", "integer_linear",
     "load_digits_split", "load_pretrained", "make_model", "minilm_path", "prepare_qat",
     "preserved", "qparams", "quantizable_layers", "quantization_error", "quantization_sweep",

@@ -59,19 +59,21 @@ def load_digits_split(test_size: float = 0.25, seed: int = 0) -> DigitsSplit:
 
 
 def digits_loaders(
-    batch_size: int = 64, test_size: float = 0.25, seed: int = 0
+    batch_size: int = 64, test_size: float = 0.25, seed: int = 0, shuffle_train: bool = True
 ) -> tuple[DataLoader, DataLoader]:
     """Train and test DataLoaders over :func:`load_digits_split`.
 
     ``seed`` fixes the split. The train loader shuffles with torch's global RNG, which
     :func:`quantlens.fit` seeds, so a training run is reproducible; the test loader does not
-    shuffle.
+    shuffle. Analyses that sum over the data (Hessians, landscapes) give bitwise repeatable
+    results with ``shuffle_train=False``: the batches, and so the float summation order,
+    are then the same on every pass.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     split = load_digits_split(test_size=test_size, seed=seed)
     train = DataLoader(
-        TensorDataset(split.x_train, split.y_train), batch_size=batch_size, shuffle=True
+        TensorDataset(split.x_train, split.y_train), batch_size=batch_size, shuffle=shuffle_train
     )
     test = DataLoader(TensorDataset(split.x_test, split.y_test), batch_size=batch_size)
     return train, test

@@ -84,3 +84,47 @@ def plot_accuracy_table(table: pd.DataFrame, ax: plt.Axes | None = None,
     ax.invert_xaxis()
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_convergence(results: dict, reference: float, ax: plt.Axes | None = None) -> plt.Axes:
+    """Relative error ``|λ_t - λ_ref| / |λ_ref|`` of the top-eigenvalue estimate per product.
+
+    ``results`` maps a label to an :class:`~quantlens.hessian.EigenResult` whose ``history``
+    first column holds the estimate after each Hessian-vector product.
+    """
+    ax = _axes(ax)
+    for label, res in results.items():
+        est = np.asarray(res.history)[:, 0]
+        err = np.abs(est - reference) / abs(reference)
+        ax.semilogy(np.arange(1, len(err) + 1), np.maximum(err, 1e-16), "o-", ms=3, label=label)
+    ax.set_xlabel("Hessian-vector products")
+    ax.set_ylabel(r"relative error of $\lambda_{\max}$")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_density(densities: dict, ax: plt.Axes | None = None, floor: float = 1e-6) -> plt.Axes:
+    """Eigenvalue densities (stochastic Lanczos quadrature) on a log scale, one per label."""
+    ax = _axes(ax)
+    for label, d in densities.items():
+        ax.semilogy(d.grid, np.maximum(d.density, floor), label=label, lw=1.2)
+    ax.set_ylim(bottom=floor)
+    ax.set_xlabel(r"eigenvalue $\lambda$ of the loss Hessian")
+    ax.set_ylabel(r"density $\phi(\lambda)$ (log)")
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_layer_sharpness(table: pd.DataFrame, column: str = "lambda_max",
+                         ax: plt.Axes | None = None) -> plt.Axes:
+    """Grouped bars of a per-layer quantity; ``table`` has columns ``model, layer, column``."""
+    import seaborn as sns
+
+    ax = _axes(ax)
+    sns.barplot(data=table, x="layer", y=column, hue="model", ax=ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_ylabel({"lambda_max": r"$\lambda_{\max}$ of the layer block (log)",
+                   "trace": "trace of the layer block (log)"}.get(column, column))
+    ax.legend(fontsize=8)
+    return ax

@@ -538,6 +538,31 @@ def prepare_qat(
     return qat
 
 
+def calibrate_activations(model: nn.Module, loader, seed: int = 0) -> nn.Module:
+    """Set the ranges of a :func:`prepare_qat` model's activation quantizers from data.
+
+    Runs ``model`` over ``loader`` in training mode without gradients (so every
+    :class:`ActivationFakeQuant` updates its running min/max), then puts it in eval mode.
+    Only the observers' buffers change (and BatchNorm statistics, if the model has any). The
+    torch RNG is seeded for the pass (a shuffling loader then gives the same ranges every
+    time) and restored afterwards. Returns ``model``.
+    """
+    if not any(isinstance(m, ActivationFakeQuant) for m in model.modules()):
+        raise ValueError("model has no activation quantizer: use prepare_qat(..., activations=)")
+    rng = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    try:
+        model.train()
+        with torch.no_grad():
+            for x, *_ in loader:
+                model(x.to(device))
+    finally:
+        torch.random.set_rng_state(rng)
+        model.eval()
+    return model
+
+
 def _quantize_input(module: nn.Module, args: tuple) -> tuple:
     return (module.input_quant(args[0]),) + tuple(args[1:])
 

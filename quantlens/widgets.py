@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
 from .plotting import plot_weight_histogram
@@ -50,3 +51,53 @@ def quantization_explorer(
         control.observe(redraw, names="value")
     redraw()
     return widgets.VBox([widgets.HBox([bits, gran, sym]), readout, out])
+
+
+def hessian_explorer(model, loader, bits=(32, 8, 6, 4, 3, 2), group_size: int = 32,
+                     k: int = 5) -> widgets.VBox:
+    """Pick bit width, granularity and layer; show the top-``k`` Hessian eigenvalues.
+
+    For the chosen setting the model's weights are quantized (a copy;
+    :func:`quantlens.quantize.quantize_model`) and the top ``k`` eigenvalues of the Hessian
+    block of the chosen layer (or of all parameters) are computed by Lanczos and drawn as a
+    stem plot against the FP32 ones. ``model`` is never modified.
+    """
+    from .hessian import HessianOperator, lanczos
+    from .quantize import QuantSpec, quantizable_layers, quantize_model
+
+    layer_names = ["(all parameters)"] + list(quantizable_layers(model))
+    w_bits = widgets.Dropdown(options=list(bits), value=bits[0], description="bits")
+    w_gran = widgets.Dropdown(options=["tensor", "channel", "group"], value="tensor",
+                              description="granularity")
+    w_layer = widgets.Dropdown(options=layer_names, value=layer_names[0], description="layer")
+    out = widgets.Output()
+
+    def eigs(m, layer):
+        params = None if layer == layer_names[0] else layer
+        return lanczos(HessianOperator(m, loader, params=params), k, tol=1e-4).eigenvalues
+
+    def redraw(_=None):
+        layer = w_layer.value
+        base = eigs(model, layer)
+        if w_bits.value >= 32:
+            q, label = base, "FP32"
+        else:
+            spec = QuantSpec(w_bits.value, granularity=w_gran.value, group_size=group_size)
+            q, label = eigs(quantize_model(model, spec), layer), spec.label()
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(6.4, 3.4))
+            ax.stem(np.arange(1, k + 1) - 0.1, base, linefmt="C0-", markerfmt="C0o",
+                    basefmt=" ", label="FP32")
+            ax.stem(np.arange(1, k + 1) + 0.1, q, linefmt="C3-", markerfmt="C3s",
+                    basefmt=" ", label=label)
+            ax.set_xlabel("eigenvalue index $i$")
+            ax.set_ylabel(r"$\lambda_i$ of the Hessian block")
+            ax.set_title(f"{layer}: " + ", ".join(f"{v:.3g}" for v in q[:3]))
+            ax.legend(fontsize=8)
+            plt.show()
+
+    for control in (w_bits, w_gran, w_layer):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([w_bits, w_gran, w_layer]), out])

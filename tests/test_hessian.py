@@ -175,3 +175,16 @@ def test_bad_input_and_model_unchanged_on_error():
         HessianOperator(model)
     with pytest.raises(ValueError, match="n_samples"):
         hutchinson(op, 1)
+
+
+def test_hessian_summary_rows_and_models_unchanged():
+    model, loader, x, y = _setup()
+    q = ql.quantize_model(model, 4)
+    with ql.testing.model_unchanged(model), ql.testing.model_unchanged(q):
+        df = ql.hessian_summary({"fp": model, "int4": q}, loader, trace_hvp=30, tol=1e-10,
+                                progress=False)
+    ev = torch.linalg.eigvalsh(_exact(model, x, y)).numpy()
+    assert list(df.index) == ["fp", "int4"]
+    assert df.loc["fp", "lambda_max"] == pytest.approx(ev[-1], rel=1e-6)
+    assert df.loc["fp", "lambda_min"] == pytest.approx(ev[0], rel=1e-6)
+    assert df.loc["fp", "grad_norm"] > 0

@@ -304,6 +304,21 @@ def test_activation_fake_quant_eval_uses_running_range():
         ql.ActivationFakeQuant(ql.QuantSpec(8, granularity="channel"))
 
 
+def test_calibrate_activations_is_seeded_and_restores_rng():
+    model = _model()
+    x = torch.randint(0, 10, (64, 3))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=8,
+                                         shuffle=True)
+    a = ql.calibrate_activations(ql.prepare_qat(model, 4, activations=8), loader)
+    state = torch.random.get_rng_state()
+    b = ql.calibrate_activations(ql.prepare_qat(model, 4, activations=8), loader)
+    assert torch.equal(state, torch.random.get_rng_state())
+    assert not a.training
+    assert float(a[2].input_quant.running_max) == float(b[2].input_quant.running_max) > 0
+    with pytest.raises(ValueError, match="no activation quantizer"):
+        ql.calibrate_activations(ql.prepare_qat(model, 4), loader)
+
+
 def test_integer_linear_matches_simulation():
     w, x = _randn(12, 50), _randn(4, 50, seed=1)
     for spec in (ql.QuantSpec(8), ql.QuantSpec(4, False, "channel"),

@@ -1,0 +1,40 @@
+"""Widgets build, react to their controls and leave the model alone."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+import quantlens as ql  # noqa: E402
+from quantlens.testing import model_unchanged  # noqa: E402
+
+
+def test_quantization_explorer_reacts():
+    w = torch.randn(32, 64)
+    box = ql.widgets.quantization_explorer(w, group_size=16)
+    bits, gran, sym = box.children[0].children
+    readout = box.children[1]
+    assert "int4 sym per-tensor" in readout.value
+    gran.value = "group"
+    bits.value = 3
+    sym.value = False
+    assert "int3 asym per-group(16)" in readout.value
+    with pytest.raises(TypeError, match="weight"):
+        ql.widgets.quantization_explorer(torch.arange(4))
+
+
+def test_hessian_explorer_reacts_and_leaves_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    loader = DataLoader(TensorDataset(torch.randn(20, 4), torch.randint(0, 3, (20,))),
+                        batch_size=8)
+    with model_unchanged(model):
+        box = ql.widgets.hessian_explorer(model, loader, k=2)
+        bits, gran, layer = box.children[0].children
+        bits.value = 4
+        gran.value = "channel"
+        layer.value = "2"
