@@ -47,6 +47,7 @@ notebooks: env
 	done
 
 bench: env
+	$(BIN)/python -m pip install -e ".[bench]"
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
