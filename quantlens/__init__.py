@@ -2,13 +2,14 @@
 
 Modules (one concept each): :mod:`~quantlens.quantize` (simulated quantization, STE, QAT,
 error reports), :mod:`~quantlens.data` (embedded digits data), :mod:`~quantlens.models`
-(reference models, pretrained loader), :mod:`~quantlens.hessian` (Hessian spectrum,
+(reference models, pretrained loader), :mod:`~quantlens.landscape` (loss lines, planes,
+basin width), :mod:`~quantlens.hessian` (Hessian spectrum,
 trace, density, per-layer sharpness), :mod:`~quantlens.train` (seeded training, evaluation,
 PTQ sweeps), :mod:`~quantlens.guard` (leave the caller's model unchanged),
 :mod:`~quantlens.plotting`, :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
 
-from . import hessian, plotting, testing, widgets
+from . import hessian, landscape, plotting, testing, widgets
 from .data import DigitsSplit, digits_loaders, load_digits_split
 from .guard import ModelSnapshot, eval_mode, preserved
 from .hessian import (
@@ -61,7 +62,7 @@ from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits
 __version__ = "0.1.0"
 
 __all__ = [
-    "hessian", "plotting", "testing", "widgets",
+    "hessian", "landscape", "plotting", "testing", "widgets",
     "EigenResult", "HessianOperator", "SpectralDensity", "TraceEstimate", "exact_trace",
     "hessian_summary",
     "hutchinson", "hutchpp", "lanczos", "layer_sharpness", "power_iteration",

@@ -1,0 +1,393 @@
+"""Loss landscapes: 1-D lines and 2-D planes through weight space, and basin width.
+
+A *direction* ``d`` is a dict ``parameter name -> tensor`` shaped like the parameters. The
+loss along a line and over a plane through the weights ``θ`` is
+
+.. math:: f(α) = L(θ + α d), \\qquad f(α, β) = L(θ + α d_1 + β d_2),
+
+averaged over a whole DataLoader. Random directions follow Li et al. (2018): Gaussian entries,
+then *filter normalization* — each output filter (row of a Linear weight, output channel of a
+convolution) of ``d`` is rescaled to the norm of the matching filter of ``θ`` — so that
+distances are comparable between layers and models with different weight scales; 1-D
+parameters (biases, normalization weights) get a zero direction by default.
+
+The model is perturbed *in place* and restored bitwise afterwards (a saved copy of the
+weights is written back, never ``θ + αd - αd``), inside ``try/finally``, so an exception
+mid-grid leaves it intact. No model is copied per grid point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .guard import eval_mode, preserved
+from .quantize import QuantSpec, as_spec, quantizable_layers, quantize_dequantize
+
+Direction = dict[str, torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+NORMALIZATIONS = ("filter", "layer", "model", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# directions
+# ---------------------------------------------------------------------------------------------
+def _params(model: nn.Module) -> dict[str, torch.Tensor]:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    named = dict(model.named_parameters())
+    if not named:
+        raise ValueError("model has no parameters")
+    return named
+
+
+def random_direction(
+    model: nn.Module,
+    seed: int = 0,
+    normalization: str | None = "filter",
+    ignore_1d: bool = True,
+) -> Direction:
+    """A seeded Gaussian direction, normalized per filter, per layer or for the whole model.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Only its parameter shapes and values are read.
+    seed : int
+        Seed of the Gaussian draw (the same seed gives the same direction for every model of
+        the same architecture, before normalization).
+    normalization : {"filter", "layer", "model", None}
+        ``"filter"``: each ``d[i]`` (index ``i`` along dim 0) scaled to ``||θ[i]||``;
+        ``"layer"``: each tensor scaled to ``||θ_ℓ||``; ``"model"``: the whole direction
+        scaled to ``||θ||``; ``None``: raw Gaussian.
+    ignore_1d : bool
+        Zero direction for 1-D parameters (biases, normalization weights), as Li et al.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, p in _params(model).items():
+        d = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        w = p.detach().cpu().double()
+        if ignore_1d and p.ndim <= 1:
+            d.zero_()
+        elif normalization == "filter":
+            d2, w2 = d.reshape(d.shape[0], -1), w.reshape(w.shape[0], -1)
+            d2 *= (w2.norm(dim=1) / d2.norm(dim=1).clamp_min(1e-30))[:, None]
+        elif normalization == "layer":
+            d *= w.norm() / d.norm().clamp_min(1e-30)
+        out[name] = d
+    if normalization == "model":
+        scale = _norm({k: p.detach().cpu().double() for k, p in _params(model).items()
+                       if not (ignore_1d and p.ndim <= 1)}) / max(_norm(out), 1e-30)
+        out = {k: v * scale for k, v in out.items()}
+    return _like(out, model)
+
+
+def _like(direction: dict[str, torch.Tensor], model: nn.Module) -> Direction:
+    params = _params(model)
+    return {k: v.to(device=params[k].device, dtype=params[k].dtype) for k, v in direction.items()}
+
+
+def _norm(d: dict[str, torch.Tensor]) -> float:
+    return float(torch.sqrt(sum((v.double() ** 2).sum() for v in d.values())))
+
+
+def _dot(a: Direction, b: Direction) -> float:
+    return float(sum((a[k].double() * b[k].double()).sum() for k in a))
+
+
+def orthogonalize(d2: Direction, d1: Direction) -> Direction:
+    """``d2 - (d2·d1 / d1·d1) d1``, keeping ``||d2||``: a second direction orthogonal to ``d1``."""
+    check_direction(d1, d2)
+    n1 = _dot(d1, d1)
+    if n1 == 0:
+        raise ValueError("d1 is the zero direction")
+    coef = _dot(d2, d1) / n1
+    out = {k: d2[k] - coef * d1[k] for k in d2}
+    scale = _norm(d2) / max(_norm(out), 1e-30)
+    return {k: v * scale for k, v in out.items()}
+
+
+def check_direction(reference: Direction | nn.Module, direction: Direction) -> None:
+    """Raise ValueError unless ``direction`` has exactly the names and shapes of ``reference``."""
+    ref = _params(reference) if isinstance(reference, nn.Module) else reference
+    if not isinstance(direction, dict):
+        raise TypeError(f"direction must be a dict of tensors, got {type(direction).__name__}")
+    if set(direction) != set(ref):
+        missing, extra = sorted(set(ref) - set(direction)), sorted(set(direction) - set(ref))
+        raise ValueError(f"direction does not match the model: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}")
+    for k, v in direction.items():
+        if tuple(v.shape) != tuple(ref[k].shape):
+            raise ValueError(f"direction[{k!r}] has shape {tuple(v.shape)}, "
+                             f"the model's is {tuple(ref[k].shape)}")
+
+
+def quantization_direction(model: nn.Module, spec: QuantSpec | int, **defaults) -> Direction:
+    """``ΔW = Q(W) - W`` for every quantizable layer's weight (zero elsewhere).
+
+    ``θ + 1·ΔW`` is the post-training quantized model; the line ``α ∈ [0, 1]`` interpolates.
+    """
+    spec = as_spec(spec, **defaults)
+    layers = quantizable_layers(model)
+    if not layers:
+        raise ValueError("model has no quantizable layer")
+    out = {k: torch.zeros_like(p.detach()) for k, p in _params(model).items()}
+    for name, layer in layers.items():
+        w = layer.weight.detach()
+        out[f"{name}.weight"] = quantize_dequantize(w, spec) - w
+    return out
+
+
+def model_difference(start: nn.Module, end: nn.Module) -> Direction:
+    """``θ_end - θ_start`` for two models of the same architecture (e.g. FP32 -> QAT)."""
+    a, b = _params(start), _params(end)
+    check_direction(a, {k: v.detach() for k, v in b.items()})
+    return {k: (b[k].detach() - a[k].detach()).to(a[k].dtype) for k in a}
+
+
+def hessian_direction(model: nn.Module, loader: DataLoader,
+                      loss_fn: LossFn = nn.functional.cross_entropy, seed: int = 0) -> Direction:
+    """The top eigenvector of the loss Hessian (unit norm) as a direction over all parameters.
+
+    Parameters that do not require grad get a zero direction.
+    """
+    from .hessian import HessianOperator, lanczos
+
+    op = HessianOperator(model, loader, loss_fn=loss_fn)
+    vec = lanczos(op, 1, tol=1e-4, seed=seed).eigenvectors[:, 0]
+    parts = dict(zip(op.names, op.split(vec)))
+    return {k: parts.get(k, torch.zeros_like(p.detach())) for k, p in _params(model).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Landscape:
+    """Loss (and accuracy) on a grid of step sizes.
+
+    ``alphas`` (and ``betas`` for a plane) are the grid coordinates; ``loss`` and
+    ``accuracy`` have shape ``(len(alphas),)`` or ``(len(alphas), len(betas))``.
+    """
+
+    alphas: np.ndarray
+    loss: np.ndarray
+    accuracy: np.ndarray
+    betas: np.ndarray | None = None
+    mode: str = "float"
+    meta: dict = field(default_factory=dict, repr=False)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long-format DataFrame with ``alpha, (beta,) loss, accuracy``."""
+        if self.betas is None:
+            return pd.DataFrame({"alpha": self.alphas, "loss": self.loss,
+                                 "accuracy": self.accuracy})
+        a, b = np.meshgrid(self.alphas, self.betas, indexing="ij")
+        return pd.DataFrame({"alpha": a.ravel(), "beta": b.ravel(), "loss": self.loss.ravel(),
+                             "accuracy": self.accuracy.ravel()})
+
+
+def _grid(distance: float, steps: int) -> np.ndarray:
+    if not isinstance(distance, (int, float)) or isinstance(distance, bool) or not distance > 0:
+        raise ValueError(f"distance must be a positive number, got {distance!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 3:
+        raise ValueError(f"steps must be an int >= 3, got {steps!r}")
+    return np.linspace(-distance, distance, steps)
+
+
+def _evaluate(model, batches, loss_fn) -> tuple[float, float]:
+    total, correct, n = 0.0, 0, 0
+    for x, y in batches:
+        out = model(x)
+        total += float(loss_fn(out, y)) * len(y)
+        if out.ndim == 2 and y.ndim == 1 and not y.is_floating_point():
+            correct += int((out.argmax(1) == y).sum())
+        n += len(y)
+    return total / n, correct / n
+
+
+def _surface(
+    model: nn.Module,
+    loader: DataLoader,
+    directions: list[Direction],
+    coords: list[np.ndarray],
+    loss_fn: LossFn,
+    spec: QuantSpec | None,
+    mode: str,
+    progress: bool,
+    _hook: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(loader, DataLoader):
+        raise TypeError(f"loader must be a DataLoader, got {type(loader).__name__}")
+    params = _params(model)
+    for d in directions:
+        check_direction(params, d)
+    if mode not in ("float", "dequantized", "requantize"):
+        raise ValueError(f"mode must be 'float', 'dequantized' or 'requantize', got {mode!r}")
+    if mode != "float" and spec is None:
+        raise ValueError(f"mode={mode!r} needs a quantization spec")
+    device = next(iter(params.values())).device
+    batches = [(x.to(device), y.to(device)) for x, y in loader]
+    if not batches or sum(len(y) for _, y in batches) == 0:
+        raise ValueError("loader is empty")
+    weight_names = {f"{n}.weight" for n in quantizable_layers(model)} if spec else set()
+    shape = tuple(len(c) for c in coords)
+    loss = np.full(shape, np.nan)
+    acc = np.full(shape, np.nan)
+    with preserved(model), eval_mode(model), torch.no_grad():
+        base = {k: p.detach().clone() for k, p in params.items()}
+        if mode == "dequantized":  # the deployed point Q(θ), perturbed as floats
+            base = {k: quantize_dequantize(v, spec) if k in weight_names else v
+                    for k, v in base.items()}
+        points = list(np.ndindex(*shape))
+        for i, idx in enumerate(tqdm(points, desc="landscape", disable=not progress,
+                                     leave=False)):
+            if _hook is not None:
+                _hook(i)
+            for k, p in params.items():
+                w = base[k].clone()
+                for d, c, j in zip(directions, coords, idx):
+                    w.add_(d[k], alpha=float(c[j]))
+                if mode == "requantize" and k in weight_names:
+                    w = quantize_dequantize(w, spec)
+                p.copy_(w)
+            loss[idx], acc[idx] = _evaluate(model, batches, loss_fn)
+    return loss, acc
+
+
+def loss_line(
+    model: nn.Module,
+    loader: DataLoader,
+    direction: Direction,
+    distance: float = 1.0,
+    steps: int = 21,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+    spec: QuantSpec | int | None = None,
+    mode: str = "float",
+    progress: bool = True,
+) -> Landscape:
+    """Loss and accuracy along ``θ + α d`` for ``α`` in ``linspace(-distance, distance, steps)``.
+
+    ``mode``: ``"float"`` evaluates the model as given; ``"dequantized"`` starts from
+    ``Q(θ)`` and perturbs those float weights (the curvature picture of the deployed point);
+    ``"requantize"`` perturbs the latent float weights and re-quantizes at every point,
+    ``Q(θ + α d)`` (what a deployed model would actually compute). Both need ``spec``.
+    The model is restored bitwise afterwards, also after an exception.
+    """
+    alphas = _grid(distance, steps)
+    spec = None if spec is None else as_spec(spec)
+    loss, acc = _surface(model, loader, [direction], [alphas], loss_fn, spec, mode, progress)
+    return Landscape(alphas=alphas, loss=loss, accuracy=acc, mode=mode)
+
+
+def loss_plane(
+    model: nn.Module,
+    loader: DataLoader,
+    d1: Direction,
+    d2: Direction,
+    distance: float = 1.0,
+    steps: int = 21,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+    spec: QuantSpec | int | None = None,
+    mode: str = "float",
+    progress: bool = True,
+) -> Landscape:
+    """Loss and accuracy over ``θ + α d_1 + β d_2`` on a ``steps × steps`` grid.
+
+    Modes as in :func:`loss_line`. Use :func:`orthogonalize` for ``d_2``.
+    """
+    alphas = _grid(distance, steps)
+    spec = None if spec is None else as_spec(spec)
+    loss, acc = _surface(model, loader, [d1, d2], [alphas, alphas], loss_fn, spec, mode,
+                         progress)
+    return Landscape(alphas=alphas, betas=alphas.copy(), loss=loss, accuracy=acc, mode=mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# basin width
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BasinWidth:
+    """Distances from the minimum of a line at which the loss first exceeds a threshold.
+
+    ``left``/``right`` are ``nan`` when the loss stays below the threshold out to the end of
+    the grid (the basin is wider than the grid); ``width = left + right``.
+    """
+
+    left: float
+    right: float
+    threshold: float
+    minimum: float
+
+    @property
+    def width(self) -> float:
+        return self.left + self.right
+
+
+def basin_width(line: Landscape, threshold: float = 0.1, relative: bool = False) -> BasinWidth:
+    """Width of the basin around the lowest point of a 1-D landscape.
+
+    The level is ``L_min + threshold`` (absolute) or ``L_min (1 + threshold)`` (relative).
+    Walking outwards from the grid minimum on each side, the first crossing of the level is
+    located by linear interpolation between the two grid points around it.
+    """
+    if line.betas is not None:
+        raise ValueError("basin_width needs a 1-D landscape (loss_line)")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be positive, got {threshold!r}")
+    a, f = line.alphas, line.loss
+    i0 = int(np.nanargmin(f))
+    level = f[i0] * (1 + threshold) if relative else f[i0] + threshold
+
+    def crossing(indices) -> float:
+        prev = i0
+        for i in indices:
+            if f[i] > level:
+                t = (level - f[prev]) / (f[i] - f[prev])
+                return abs(a[prev] + t * (a[i] - a[prev]) - a[i0])
+            prev = i
+        return float("nan")
+
+    return BasinWidth(left=crossing(range(i0 - 1, -1, -1)), right=crossing(range(i0 + 1, len(a))),
+                      threshold=float(level - f[i0]), minimum=float(f[i0]))
+
+
+def basin_widths(
+    model: nn.Module,
+    loader: DataLoader,
+    n_directions: int = 5,
+    distance: float = 1.0,
+    steps: int = 21,
+    threshold: float = 0.1,
+    relative: bool = False,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+    spec: QuantSpec | int | None = None,
+    mode: str = "float",
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Basin width along ``n_directions`` filter-normalized random directions (seeds
+    ``seed, seed+1, ...``), one row per direction: ``seed, left, right, width, minimum``.
+
+    One direction can mislead; report the mean and spread over the rows.
+    """
+    if isinstance(n_directions, bool) or not isinstance(n_directions, int) or n_directions < 1:
+        raise ValueError(f"n_directions must be a positive int, got {n_directions!r}")
+    rows = []
+    for s in range(seed, seed + n_directions):
+        d = random_direction(model, seed=s)
+        line = loss_line(model, loader, d, distance, steps, loss_fn, spec, mode, progress)
+        b = basin_width(line, threshold, relative)
+        rows.append({"seed": s, "left": b.left, "right": b.right, "width": b.width,
+                     "minimum": b.minimum})
+    return pd.DataFrame(rows)

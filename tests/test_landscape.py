@@ -1,0 +1,152 @@
+"""quantlens.landscape: directions, lines/planes against direct evaluation, basin width."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import quantlens as ql
+from quantlens import landscape as ls
+from quantlens.testing import assert_model_unchanged
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10))
+    x, y = torch.rand(30, 1, 8, 8), torch.randint(0, 10, (30,))
+    return model, DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def _perturbed(model, dirs, coefs):
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for k, p in m.named_parameters():
+            for d, c in zip(dirs, coefs):
+                p.add_(d[k], alpha=c)
+    return m
+
+
+def test_filter_normalization_and_seed():
+    model, _ = _setup()
+    d = ls.random_direction(model, seed=3)
+    for k, p in model.named_parameters():
+        if p.ndim == 1:
+            assert torch.count_nonzero(d[k]) == 0
+        else:
+            torch.testing.assert_close(d[k].reshape(len(p), -1).norm(dim=1),
+                                       p.detach().reshape(len(p), -1).norm(dim=1))
+    assert all(torch.equal(d[k], v) for k, v in ls.random_direction(model, seed=3).items())
+    assert not torch.equal(d["3.weight"], ls.random_direction(model, seed=4)["3.weight"])
+    layer = ls.random_direction(model, normalization="layer")
+    assert float(layer["3.weight"].norm()) == pytest.approx(float(model[3].weight.detach().norm()))
+    whole = ls.random_direction(model, normalization="model", ignore_1d=False)
+    norm = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in model.parameters())))
+    assert float(torch.sqrt(sum((v**2).sum() for v in whole.values()))) == pytest.approx(norm)
+    with pytest.raises(ValueError, match="normalization"):
+        ls.random_direction(model, normalization="row")
+
+
+def test_orthogonalize():
+    model, _ = _setup()
+    d1, d2 = ls.random_direction(model, seed=0), ls.random_direction(model, seed=1)
+    o = ls.orthogonalize(d2, d1)
+    assert abs(sum(float((o[k] * d1[k]).sum()) for k in o)) < 1e-4
+    assert ls._norm(o) == pytest.approx(ls._norm(d2), rel=1e-6)
+
+
+def test_line_matches_direct_evaluation_and_leaves_model():
+    model, loader = _setup()
+    model.train()
+    d = ls.random_direction(model, seed=0)
+    line = assert_model_unchanged(model, ls.loss_line, model, loader, d, distance=0.5, steps=5,
+                                  progress=False)
+    assert line.alphas.tolist() == [-0.5, -0.25, 0.0, 0.25, 0.5]
+    for a, loss, acc in zip(line.alphas, line.loss, line.accuracy):
+        ev = ql.evaluate(_perturbed(model, [d], [a]), loader)
+        assert loss == pytest.approx(ev.loss, rel=1e-5) and acc == ev.accuracy
+
+
+def test_plane_matches_direct_evaluation():
+    model, loader = _setup()
+    d1 = ls.random_direction(model, seed=0)
+    d2 = ls.orthogonalize(ls.random_direction(model, seed=1), d1)
+    plane = ls.loss_plane(model, loader, d1, d2, distance=0.4, steps=3, progress=False)
+    assert plane.loss.shape == (3, 3) and len(plane.to_frame()) == 9
+    ev = ql.evaluate(_perturbed(model, [d1, d2], [0.4, -0.4]), loader)
+    assert plane.loss[2, 0] == pytest.approx(ev.loss, rel=1e-5)
+
+
+def test_quantized_modes_and_special_directions():
+    model, loader = _setup()
+    spec = ql.QuantSpec(3)
+    qloss = ql.evaluate(ql.quantize_model(model, spec), loader).loss
+    d = ls.random_direction(model, seed=0)
+    for mode in ("dequantized", "requantize"):
+        line = ls.loss_line(model, loader, d, 0.5, 5, spec=spec, mode=mode, progress=False)
+        assert line.loss[2] == pytest.approx(qloss, rel=1e-6)
+    # requantized points lie on the grid: Q(θ + αd) evaluated directly
+    line = ls.loss_line(model, loader, d, 0.5, 5, spec=spec, mode="requantize", progress=False)
+    direct = ql.evaluate(ql.quantize_model(_perturbed(model, [d], [0.5]), spec), loader).loss
+    assert line.loss[-1] == pytest.approx(direct, rel=1e-6)
+    # ΔW direction: α = 1 is the PTQ model; model_difference agrees
+    dq = ls.quantization_direction(model, spec)
+    line = ls.loss_line(model, loader, dq, 1.0, 3, progress=False)
+    assert line.loss[-1] == pytest.approx(qloss, rel=1e-5)
+    diff = ls.model_difference(model, ql.quantize_model(model, spec))
+    assert all(torch.allclose(diff[k], dq[k]) for k in dq)
+    h = ls.hessian_direction(model, loader)
+    assert ls._norm(h) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_exception_mid_grid_restores_model():
+    model, loader = _setup()
+    d = ls.random_direction(model)
+
+    def boom(i):
+        if i == 3:
+            raise RuntimeError("injected")
+
+    with pytest.raises(RuntimeError, match="injected"):
+        assert_model_unchanged(model, ls._surface, model, loader, [d], [np.linspace(-1, 1, 7)],
+                               nn.functional.cross_entropy, None, "float", False, boom)
+
+
+def test_basin_width_closed_form():
+    alphas = np.linspace(-1, 1, 201)
+    line = ls.Landscape(alphas=alphas, loss=alphas**2 + 0.5, accuracy=np.ones_like(alphas))
+    b = ls.basin_width(line, threshold=0.09)
+    assert b.left == pytest.approx(0.3, abs=1e-4) and b.right == pytest.approx(0.3, abs=1e-4)
+    r = ls.basin_width(line, threshold=0.5, relative=True)  # level 0.75 -> |α| = 0.5
+    assert r.width == pytest.approx(1.0, abs=1e-4)
+    wide = ls.basin_width(line, threshold=10)
+    assert np.isnan(wide.left) and np.isnan(wide.right)
+
+
+def test_basin_widths_table():
+    model, loader = _setup()
+    df = ls.basin_widths(model, loader, n_directions=2, distance=2.0, steps=9, progress=False)
+    assert list(df.seed) == [0, 1] and (df.width.dropna() > 0).all()
+
+
+def test_bad_input():
+    model, loader = _setup()
+    d = ls.random_direction(model)
+    with pytest.raises(ValueError, match="distance"):
+        ls.loss_line(model, loader, d, distance=0)
+    with pytest.raises(ValueError, match="steps"):
+        ls.loss_line(model, loader, d, steps=2)
+    other = nn.Linear(3, 2)
+    with pytest.raises(ValueError, match="does not match"):
+        ls.loss_line(model, loader, ls.random_direction(other))
+    bad = dict(d)
+    bad["3.weight"] = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match="shape"):
+        ls.loss_line(model, loader, bad)
+    empty = DataLoader(TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)))
+    with pytest.raises(ValueError, match="loader is empty"):
+        assert_model_unchanged(model, ls.loss_line, model, empty, d, progress=False)
+    with pytest.raises(ValueError, match="needs a quantization spec"):
+        ls.loss_line(model, loader, d, mode="requantize")
