@@ -216,6 +216,45 @@ def _evaluate(model, batches, loss_fn) -> tuple[float, float]:
     return total / n, correct / n
 
 
+def _point_params(base, directions, coords, idx, spec, mode, weight_names):
+    out = {}
+    for k, b in base.items():
+        w = b.clone()
+        for d, c, j in zip(directions, coords, idx):
+            w.add_(d[k], alpha=float(c[j]))
+        if mode == "requantize" and k in weight_names:
+            w = quantize_dequantize(w, spec)
+        out[k] = w
+    return out
+
+
+def _surface_vmap(model, batches, base, directions, coords, points, loss_fn, spec, mode,
+                  weight_names, chunk, loss, acc, progress):
+    """Evaluate ``chunk`` grid points per pass with ``vmap(functional_call)``."""
+    from torch.func import functional_call, vmap
+
+    def point_loss(p, x, y):
+        out = functional_call(model, p, (x,))
+        return loss_fn(out, y), (out.argmax(1) == y).sum()
+
+    batched = vmap(point_loss, in_dims=(0, None, None))
+    n = sum(len(y) for _, y in batches)
+    starts = range(0, len(points), chunk)
+    for start in tqdm(starts, desc="landscape", disable=not progress, leave=False):
+        block = points[start:start + chunk]
+        per_point = [_point_params(base, directions, coords, idx, spec, mode, weight_names)
+                     for idx in block]
+        stacked = {k: torch.stack([p[k] for p in per_point]) for k in base}
+        total = torch.zeros(len(block), dtype=torch.float64)
+        correct = torch.zeros(len(block), dtype=torch.float64)
+        for x, y in batches:
+            lo, co = batched(stacked, x, y)
+            total += lo.double().cpu() * len(y)
+            correct += co.double().cpu()
+        for i, idx in enumerate(block):
+            loss[idx], acc[idx] = float(total[i]) / n, float(correct[i]) / n
+
+
 def _surface(
     model: nn.Module,
     loader: DataLoader,
@@ -226,6 +265,7 @@ def _surface(
     mode: str,
     progress: bool,
     _hook: Callable[[int], None] | None = None,
+    vectorize: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(loader, DataLoader):
         raise TypeError(f"loader must be a DataLoader, got {type(loader).__name__}")
@@ -250,17 +290,22 @@ def _surface(
             base = {k: quantize_dequantize(v, spec) if k in weight_names else v
                     for k, v in base.items()}
         points = list(np.ndindex(*shape))
+        n_params = sum(v.numel() for v in base.values())
+        chunk = int(max(1, min(64, 2**26 // max(n_params, 1))))  # <= 256 MiB of float32
+        if vectorize and _hook is None:
+            try:
+                _surface_vmap(model, batches, base, directions, coords, points, loss_fn, spec,
+                              mode, weight_names, chunk, loss, acc, progress)
+                return loss, acc
+            except (RuntimeError, TypeError, NotImplementedError):
+                loss[...] = np.nan  # this model cannot be vmapped: fall back to the loop
         for i, idx in enumerate(tqdm(points, desc="landscape", disable=not progress,
                                      leave=False)):
             if _hook is not None:
                 _hook(i)
+            new = _point_params(base, directions, coords, idx, spec, mode, weight_names)
             for k, p in params.items():
-                w = base[k].clone()
-                for d, c, j in zip(directions, coords, idx):
-                    w.add_(d[k], alpha=float(c[j]))
-                if mode == "requantize" and k in weight_names:
-                    w = quantize_dequantize(w, spec)
-                p.copy_(w)
+                p.copy_(new[k])
             loss[idx], acc[idx] = _evaluate(model, batches, loss_fn)
     return loss, acc
 
@@ -275,6 +320,7 @@ def loss_line(
     spec: QuantSpec | int | None = None,
     mode: str = "float",
     progress: bool = True,
+    vectorize: bool = False,
 ) -> Landscape:
     """Loss and accuracy along ``θ + α d`` for ``α`` in ``linspace(-distance, distance, steps)``.
 
@@ -283,10 +329,17 @@ def loss_line(
     ``"requantize"`` perturbs the latent float weights and re-quantizes at every point,
     ``Q(θ + α d)`` (what a deployed model would actually compute). Both need ``spec``.
     The model is restored bitwise afterwards, also after an exception.
+
+    ``vectorize=True`` evaluates chunks of grid points per pass with
+    ``torch.func.vmap(functional_call)`` (models that cannot be vmapped fall back to the
+    loop). The default is the point-by-point loop, perturbing the model in place: on a CPU it
+    was faster in every case measured (25x25 plane, 450 images: digits CNN 1.5 s loop vs
+    7.6 s vmap; digits MLP 0.13 s vs 0.21 s).
     """
     alphas = _grid(distance, steps)
     spec = None if spec is None else as_spec(spec)
-    loss, acc = _surface(model, loader, [direction], [alphas], loss_fn, spec, mode, progress)
+    loss, acc = _surface(model, loader, [direction], [alphas], loss_fn, spec, mode, progress,
+                         vectorize=vectorize)
     return Landscape(alphas=alphas, loss=loss, accuracy=acc, mode=mode)
 
 
@@ -301,6 +354,7 @@ def loss_plane(
     spec: QuantSpec | int | None = None,
     mode: str = "float",
     progress: bool = True,
+    vectorize: bool = False,
 ) -> Landscape:
     """Loss and accuracy over ``θ + α d_1 + β d_2`` on a ``steps × steps`` grid.
 
@@ -309,7 +363,7 @@ def loss_plane(
     alphas = _grid(distance, steps)
     spec = None if spec is None else as_spec(spec)
     loss, acc = _surface(model, loader, [d1, d2], [alphas, alphas], loss_fn, spec, mode,
-                         progress)
+                         progress, vectorize=vectorize)
     return Landscape(alphas=alphas, betas=alphas.copy(), loss=loss, accuracy=acc, mode=mode)
 
 

@@ -150,3 +150,16 @@ def test_bad_input():
         assert_model_unchanged(model, ls.loss_line, model, empty, d, progress=False)
     with pytest.raises(ValueError, match="needs a quantization spec"):
         ls.loss_line(model, loader, d, mode="requantize")
+
+
+@pytest.mark.parametrize("mode", ["float", "dequantized", "requantize"])
+def test_vmap_path_equals_loop(mode):
+    model, loader = _setup()
+    d1 = ls.random_direction(model, seed=0)
+    d2 = ls.orthogonalize(ls.random_direction(model, seed=1), d1)
+    kw = dict(distance=0.6, steps=5, spec=ql.QuantSpec(4), mode=mode, progress=False)
+    fast = assert_model_unchanged(model, ls.loss_plane, model, loader, d1, d2, vectorize=True,
+                                  **kw)
+    slow = ls.loss_plane(model, loader, d1, d2, vectorize=False, **kw)
+    np.testing.assert_allclose(fast.loss, slow.loss, rtol=1e-5)
+    np.testing.assert_array_equal(fast.accuracy, slow.accuracy)
