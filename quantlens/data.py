@@ -30,6 +30,14 @@ class DigitsSplit:
         return f"DigitsSplit(train={len(self.y_train)}, test={len(self.y_test)}, classes=10)"
 
 
+def check_loader(loader, name: str = "loader") -> None:
+    """Raise TypeError unless ``loader`` is a ``torch.utils.data.DataLoader``."""
+    if not isinstance(loader, DataLoader):
+        raise TypeError(
+            f"{name} must be a torch.utils.data.DataLoader, got {type(loader).__name__}"
+        )
+
+
 def load_digits_split(test_size: float = 0.25, seed: int = 0) -> DigitsSplit:
     """Load the digits and split them (stratified, seeded) into train and test sets.
 

@@ -36,6 +36,7 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .data import check_loader
 from .guard import eval_mode
 from .quantize import quantizable_layers
 
@@ -153,8 +154,8 @@ class HessianOperator:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if (loader is None) == (batch is None):
             raise ValueError("give exactly one of loader and batch")
-        if loader is not None and not isinstance(loader, DataLoader):
-            raise TypeError(f"loader must be a DataLoader, got {type(loader).__name__}")
+        if loader is not None:
+            check_loader(loader)
         self.model, self.loss_fn, self.method = model, loss_fn, method
         chosen = _select_params(model, params)
         self.names = list(chosen)
@@ -306,39 +307,58 @@ def lanczos(
     _check_int("max_iter", m, k)
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(op.n, generator=gen, dtype=torch.float64).to(op.dtype).to(op.device)
-    basis = torch.zeros(m + 1, op.n, dtype=op.dtype, device=op.device)
-    basis[0] = q / q.norm()
-    alphas, betas, history = [], [], []
+    history: list[np.ndarray] = []
+    state: dict = {}
     start = op.n_hvp
-    converged = False
-    for j in range(m):
-        w = op.matvec(basis[j])
-        alpha = float(w @ basis[j])
-        alphas.append(alpha)
-        for _ in range(2):  # full reorthogonalization, twice ("twice is enough")
-            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
-        beta = float(w.norm())
+
+    def stop(alphas: list[float], betas: list[float], beta: float) -> bool:
         theta, s = _ritz(alphas, betas)
-        idx = np.argsort(-theta if which == "largest" else theta)[: min(k, j + 1)]
+        idx = np.argsort(-theta if which == "largest" else theta)[: min(k, len(alphas))]
         res = np.abs(beta * s[-1, idx])
         history.append(np.pad(theta[idx], (0, k - len(idx)), constant_values=np.nan))
         invariant = beta <= 1e-10 * max(abs(theta).max(), 1e-30)
         err = _eigenvalue_error(theta, idx, res)
-        if len(idx) == k and j >= 2 and (
-            invariant or np.all(err <= tol * np.maximum(np.abs(theta[idx]), 1e-30))
-        ):
-            converged = True
-            break
-        if invariant:  # H has fewer than k distinct eigenvalues reachable from this start
-            break
-        if j + 1 < m:
-            betas.append(beta)
-            basis[j + 1] = w / beta
+        converged = len(idx) == k and len(alphas) >= 3 and (
+            invariant or bool(np.all(err <= tol * np.maximum(np.abs(theta[idx]), 1e-30)))
+        )
+        state.update(theta=theta, s=s, idx=idx, res=res, converged=converged)
+        # an invariant space also ends the run: H has fewer than k eigenvalues reachable
+        return converged or invariant
+
+    alphas, _, basis = _krylov(op, q, m, stop)
+    theta, s, idx = state["theta"], state["s"], state["idx"]
     vecs = basis[: len(alphas)].T @ torch.as_tensor(s[:, idx], dtype=op.dtype, device=op.device)
     return EigenResult(
         eigenvalues=theta[idx], eigenvectors=vecs, n_hvp=op.n_hvp - start,
-        history=np.array(history), residuals=res, converged=converged, method="lanczos",
+        history=np.array(history), residuals=state["res"], converged=state["converged"],
+        method="lanczos",
     )
+
+
+def _krylov(op: HessianOperator, q0: torch.Tensor, m: int,
+            stop: Callable[[list[float], list[float], float], bool]):
+    """Up to ``m`` Lanczos steps from ``q0`` with full reorthogonalization.
+
+    Each new vector is orthogonalized twice against the whole basis ("twice is enough"), so
+    no spurious copies of converged eigenvalues appear. After each step ``stop(alphas, betas,
+    beta)`` may end the run. Returns the diagonal ``alphas``, off-diagonal ``betas`` of
+    ``T = Q^T H Q`` and the basis (``m + 1`` rows, the first ``len(alphas)`` in use).
+    """
+    basis = torch.zeros(m + 1, op.n, dtype=op.dtype, device=op.device)
+    basis[0] = q0 / q0.norm()
+    alphas: list[float] = []
+    betas: list[float] = []
+    for j in range(m):
+        w = op.matvec(basis[j])
+        alphas.append(float(w @ basis[j]))
+        for _ in range(2):
+            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+        beta = float(w.norm())
+        if stop(alphas, betas, beta) or j + 1 == m:
+            break
+        betas.append(beta)
+        basis[j + 1] = w / beta
+    return alphas, betas, basis
 
 
 def _eigenvalue_error(theta: np.ndarray, idx: np.ndarray, res: np.ndarray) -> np.ndarray:
@@ -503,19 +523,8 @@ def spectral_density(
     start = op.n_hvp
     for _ in range(n_runs):
         v = _rademacher(op.n, gen, op.dtype, op.device)
-        basis = torch.zeros(m, op.n, dtype=op.dtype, device=op.device)
-        basis[0] = v / v.norm()
-        alphas, betas = [], []
-        for j in range(m):
-            w = op.matvec(basis[j])
-            alphas.append(float(w @ basis[j]))
-            for _ in range(2):
-                w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
-            beta = float(w.norm())
-            if j + 1 == m or beta <= 1e-10 * max(abs(a) for a in alphas):
-                break
-            betas.append(beta)
-            basis[j + 1] = w / beta
+        alphas, betas, _ = _krylov(
+            op, v, m, lambda a, b, beta: beta <= 1e-10 * max(abs(x) for x in a))
         theta, s = _ritz(alphas, betas)
         nodes.append(theta)
         weights.append(s[0] ** 2)

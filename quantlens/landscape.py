@@ -28,8 +28,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .data import check_loader
 from .guard import eval_mode, preserved
 from .quantize import QuantSpec, as_spec, quantizable_layers, quantize_dequantize
+from .train import _batch_sums
 
 Direction = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -206,13 +208,7 @@ def _grid(distance: float, steps: int) -> np.ndarray:
 
 
 def _evaluate(model, batches, loss_fn) -> tuple[float, float]:
-    total, correct, n = 0.0, 0, 0
-    for x, y in batches:
-        out = model(x)
-        total += float(loss_fn(out, y)) * len(y)
-        if out.ndim == 2 and y.ndim == 1 and not y.is_floating_point():
-            correct += int((out.argmax(1) == y).sum())
-        n += len(y)
+    total, correct, n = _batch_sums(model, batches, loss_fn)
     return total / n, correct / n
 
 
@@ -267,8 +263,7 @@ def _surface(
     _hook: Callable[[int], None] | None = None,
     vectorize: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(loader, DataLoader):
-        raise TypeError(f"loader must be a DataLoader, got {type(loader).__name__}")
+    check_loader(loader)
     params = _params(model)
     for d in directions:
         check_direction(params, d)

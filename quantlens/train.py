@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .data import check_loader
 from .guard import eval_mode
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -28,11 +29,22 @@ class Evaluation:
         return f"Evaluation(loss={self.loss:.4f}, accuracy={100 * self.accuracy:.2f}%, n={self.n})"
 
 
-def _check_loader(loader: DataLoader, name: str = "loader") -> None:
-    if not isinstance(loader, DataLoader):
-        raise TypeError(
-            f"{name} must be a torch.utils.data.DataLoader, got {type(loader).__name__}"
-        )
+def _batch_sums(model: nn.Module, batches, loss_fn: LossFn) -> tuple[float, int, int]:
+    """``(Σ_b n_b · loss_b, correct top-1 predictions, Σ_b n_b)`` over ``batches``.
+
+    Correct predictions are counted for classification outputs (2-D logits, integer labels)
+    only. Changes no mode and no gradient setting: callers do that.
+    """
+    device = next(model.parameters()).device
+    total, correct, n = 0.0, 0, 0
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        total += float(loss_fn(out, y)) * len(y)
+        if out.ndim == 2 and y.ndim == 1 and not y.is_floating_point():
+            correct += int((out.argmax(dim=1) == y).sum())
+        n += len(y)
+    return total, correct, n
 
 
 @torch.no_grad()
@@ -47,16 +59,10 @@ def evaluate(
     The model is evaluated in eval mode; its modes are restored afterwards. ``loss_fn`` must
     return the batch *mean*. Raises ValueError for an empty loader.
     """
-    _check_loader(loader)
-    device = next(model.parameters()).device
-    total, correct, n = 0.0, 0, 0
+    check_loader(loader)
     with eval_mode(model):
-        for x, y in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
-            x, y = x.to(device), y.to(device)
-            out = model(x)
-            total += float(loss_fn(out, y)) * len(y)
-            correct += int((out.argmax(dim=1) == y).sum())
-            n += len(y)
+        batches = tqdm(loader, desc="evaluate", disable=not progress, leave=False)
+        total, correct, n = _batch_sums(model, batches, loss_fn)
     if n == 0:
         raise ValueError("loader is empty")
     return Evaluation(loss=total / n, accuracy=correct / n, n=n)
@@ -83,7 +89,7 @@ def fit(
     pandas.DataFrame
         Columns ``epoch, train_loss`` and, with ``test_loader``, ``test_loss, test_accuracy``.
     """
-    _check_loader(train_loader, "train_loader")
+    check_loader(train_loader, "train_loader")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     if not lr > 0:
