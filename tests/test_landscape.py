@@ -163,3 +163,22 @@ def test_vmap_path_equals_loop(mode):
     slow = ls.loss_plane(model, loader, d1, d2, vectorize=False, **kw)
     np.testing.assert_allclose(fast.loss, slow.loss, rtol=1e-5)
     np.testing.assert_array_equal(fast.accuracy, slow.accuracy)
+
+
+def test_direction_builders_and_basin_widths_leave_model():
+    model, loader = _setup()
+    model.train()
+    model[3].bias.requires_grad_(False)
+    for fn, args in ((ls.random_direction, ()), (ls.quantization_direction, (4,)),
+                     (ls.hessian_direction, (loader,)), (ls.model_difference, (model,)),
+                     (ls.basin_widths, (loader, 1, 1.0, 5))):
+        kwargs = {"progress": False} if fn is ls.basin_widths else {}
+        assert_model_unchanged(model, fn, model, *args, **kwargs)
+    with pytest.raises(ValueError, match="n_directions"):
+        assert_model_unchanged(model, ls.basin_widths, model, loader, 0)
+
+
+def test_convert_qat_leaves_qat_model():
+    model, _ = _setup()
+    qat = ql.prepare_qat(model, 3)
+    assert_model_unchanged(qat, ql.convert_qat, qat)
