@@ -1,18 +1,28 @@
 """quantlens.landscape against loss-landscapes 3.0.6 on the same model, data and grid.
 
-The digits CNN, the 450 test images as one batch, a 25x25 plane and a 25-point line with
-filter-normalized directions. Both evaluate one grid point at a time with in-place
-parameter updates; quantlens' optional ``vmap`` path is timed too. Both times and the ratio
-are printed, and the two surfaces are compared in shape. loss-landscapes draws *uniform*
-directions and its grid spans ``±||θ||/(2·distance)`` in parameter norm; a filter-normalized
-direction has norm ``≈ ||θ||`` (1-D parameters excluded), so its ``distance=0.5`` matches
-quantlens' ``distance=1``. The directions differ (different random draws and laws), so the
-surfaces agree in shape, not point by point.
+The digits CNN, the 450 test images as one batch, a 25x25 plane and a 25-point line.
+
+1. Speed: ``loss_landscapes.random_plane(normalization="filter")`` vs ``ql.loss_plane`` with
+   filter-normalized directions, and loss-landscapes' ``planar_interpolation`` through the
+   *same* plane as ``ql.loss_plane``. Both times and the ratio are printed.
+2. A roofline bound: the FLOPs of one forward pass (torch's FlopCounterMode) times the grid
+   size, divided by this machine's measured float32 matrix-multiply throughput, is the least
+   time any exact point-by-point evaluation can take; it shows what ratio is reachable at all.
+3. Agreement where the definitions agree: ``planar_interpolation`` fed the endpoints
+   ``θ - D d1 - D d2``, ``+ 2D d1 N/(N-1)``, ``+ 2D d2 N/(N-1)`` evaluates the same points as
+   ``ql.loss_plane(distance=D)`` — except that its snake-order loop evaluates columns
+   ``1..N`` on even rows and ``0..N-1`` on odd rows (a one-step shift on alternate rows, the
+   same loop as ``random_plane``). Both are compared point by point after that shift.
+   ``random_plane`` itself draws *uniform* [0, 1) directions (all entries positive) and starts
+   its grid at ``θ - (N/2)·step``, so it is not centred on θ: it agrees with quantlens only in
+   rough shape, which is printed too.
+
 Requires ``pip install loss-landscapes==3.0.6`` (the ``bench`` extra).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 
 import loss_landscapes
@@ -20,11 +30,31 @@ import loss_landscapes.metrics
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 import quantlens as ql
 from quantlens import landscape as ls
 
 STEPS = 25
+DIST = 1.0
+
+
+def _shifted(model, dirs, coefs):
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for k, p in m.named_parameters():
+            for d, c in zip(dirs, coefs):
+                p.add_(d[k], alpha=c)
+    return m
+
+
+def _gemm_gflops() -> float:
+    a = torch.randn(2048, 2048)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(10):
+        a @ a
+    return 10 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
 
 
 def main() -> None:
@@ -34,51 +64,78 @@ def main() -> None:
     loader = DataLoader(TensorDataset(x, y), batch_size=len(y))
     metric = loss_landscapes.metrics.Loss(torch.nn.CrossEntropyLoss(), x, y)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; digits CNN "
-          f"({sum(p.numel() for p in cnn.parameters()):,} params), {len(y)} images")
-
-    t0 = time.perf_counter()
-    theirs = loss_landscapes.random_plane(cnn, metric, distance=0.5, steps=STEPS,
-                                          normalization="filter", deepcopy_model=True)
-    t_theirs = time.perf_counter() - t0
+          f"({sum(p.numel() for p in cnn.parameters()):,} params), {len(y)} images, "
+          f"{STEPS}x{STEPS} grid")
 
     d1 = ls.random_direction(cnn, seed=0)
     d2 = ls.orthogonalize(ls.random_direction(cnn, seed=1), d1)
+
+    # 1. speed -----------------------------------------------------------------------------
     t0 = time.perf_counter()
-    ours = ls.loss_plane(cnn, loader, d1, d2, distance=1.0, steps=STEPS, progress=False)
+    theirs = loss_landscapes.random_plane(cnn, metric, distance=0.5, steps=STEPS,
+                                          normalization="filter", deepcopy_model=True)
+    t_rand = time.perf_counter() - t0
+    step = 2 * DIST / (STEPS - 1)
+    start = _shifted(cnn, [d1, d2], [-DIST, -DIST])
+    end1 = _shifted(start, [d1], [step * STEPS])
+    end2 = _shifted(start, [d2], [step * STEPS])
+    t0 = time.perf_counter()
+    planar = loss_landscapes.planar_interpolation(start, end1, end2, metric, steps=STEPS,
+                                                  deepcopy_model=True)
+    t_planar = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ours = ls.loss_plane(cnn, loader, d1, d2, distance=DIST, steps=STEPS, progress=False)
     t_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ls.loss_plane(cnn, loader, d1, d2, distance=1.0, steps=STEPS, progress=False,
+    ls.loss_plane(cnn, loader, d1, d2, distance=DIST, steps=STEPS, progress=False,
                   vectorize=True)
     t_vmap = time.perf_counter() - t0
-
-    print(f"{STEPS}x{STEPS} plane:")
-    print(f"  loss-landscapes random_plane   {t_theirs:7.2f} s")
-    print(f"  quantlens loss_plane (loop)    {t_ours:7.2f} s   -> {t_theirs / t_ours:.1f}x faster")
-    print(f"  quantlens loss_plane (vmap)    {t_vmap:7.2f} s   -> {t_theirs / t_vmap:.1f}x")
-
+    print("plane:")
+    print(f"  loss-landscapes random_plane          {t_rand:6.2f} s")
+    print(f"  loss-landscapes planar_interpolation  {t_planar:6.2f} s")
+    print(f"  quantlens loss_plane (loop, default)  {t_ours:6.2f} s   -> "
+          f"{t_rand / t_ours:.1f}x vs random_plane, {t_planar / t_ours:.1f}x vs planar")
+    print(f"  quantlens loss_plane (vmap)           {t_vmap:6.2f} s   -> "
+          f"{t_rand / t_vmap:.1f}x vs random_plane")
     t0 = time.perf_counter()
-    their_line = loss_landscapes.random_line(cnn, metric, distance=0.5, steps=STEPS,
-                                             normalization="filter", deepcopy_model=True)
+    loss_landscapes.random_line(cnn, metric, distance=0.5, steps=STEPS,
+                                normalization="filter", deepcopy_model=True)
     t_tl = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ls.loss_line(cnn, loader, d1, distance=1.0, steps=STEPS, progress=False)
+    ls.loss_line(cnn, loader, d1, distance=DIST, steps=STEPS, progress=False)
     t_ol = time.perf_counter() - t0
-    print(f"{STEPS}-point line: loss-landscapes {t_tl:.3f} s, quantlens {t_ol:.3f} s "
+    print(f"line: loss-landscapes random_line {t_tl:.3f} s, quantlens loss_line {t_ol:.3f} s "
           f"-> {t_tl / t_ol:.1f}x")
 
-    # agreement in shape
+    # 2. roofline ----------------------------------------------------------------------------
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        cnn(x)
+    flops = fc.get_total_flops() * STEPS**2
+    peak = _gemm_gflops()
+    floor = flops / peak / 1e9
+    print(f"roofline: {fc.get_total_flops() / 1e6:.0f} MFLOP per point, {flops / 1e9:.0f} GFLOP "
+          f"per plane; float32 GEMM peak here {peak:.0f} GFLOP/s -> no exact evaluation can "
+          f"take less than {floor:.2f} s, i.e. at most {t_rand / floor:.1f}x faster than "
+          f"random_plane; quantlens runs at {flops / t_ours / 1e9:.0f} GFLOP/s "
+          f"({flops / t_ours / 1e9 / peak:.0%} of peak)")
+
+    # 3. agreement ---------------------------------------------------------------------------
+    planar = np.asarray(planar)
+    odd = np.abs(planar[1::2] - ours.loss[1::2]).max()
+    even = np.abs(planar[0::2, :-1] - ours.loss[0::2, 1:]).max()
+    unshifted = np.abs(planar[0::2] - ours.loss[0::2]).max()
+    print("same plane, point by point (max |difference| of the loss):")
+    print(f"  odd rows {odd:.1e}; even rows shifted one column {even:.1e} "
+          f"(unshifted: {unshifted:.2f}); loss range {ours.loss.min():.3f}-"
+          f"{ours.loss.max():.2f}")
     centre = STEPS // 2
-    for name, grid in (("loss-landscapes", np.asarray(theirs)), ("quantlens", ours.loss)):
+    for name, grid in (("loss-landscapes random_plane", np.asarray(theirs)),
+                       ("quantlens loss_plane", ours.loss)):
         i, j = np.unravel_index(np.argmin(grid), grid.shape)
-        corners = np.mean([grid[0, 0], grid[0, -1], grid[-1, 0], grid[-1, -1]])
-        print(f"  {name:16s} min {grid.min():.4f} at ({i},{j}) [centre ({centre},{centre})], "
-              f"max {grid.max():.2f}, corner/centre ratio {corners / grid[centre, centre]:.0f}")
+        print(f"  {name:29s} min {grid.min():.4f} at ({i},{j}) [centre ({centre},{centre})], "
+              f"max {grid.max():.2f}")
     print(f"  start-point loss: quantlens {ours.loss[centre, centre]:.6f}, "
-          f"evaluate() {ql.evaluate(cnn, loader).loss:.6f}; "
-          f"loss-landscapes line at its start {float(their_line[0]):.4f}")
-    rank = np.corrcoef(np.argsort(np.argsort(np.asarray(theirs).ravel())),
-                       np.argsort(np.argsort(ours.loss.ravel())))[0, 1]
-    print(f"  Spearman correlation of the two grids: {rank:.2f}")
+          f"evaluate() {ql.evaluate(cnn, loader).loss:.6f}")
 
 
 if __name__ == "__main__":

@@ -114,6 +114,27 @@ def test_exception_mid_grid_restores_model():
                                nn.functional.cross_entropy, None, "float", False, boom)
 
 
+def test_conv_weights_keep_their_tensors_and_layout():
+    """The channels-last working copies never replace or write the caller's tensors."""
+    model, loader = _setup()
+    d = ls.random_direction(model)
+    before = {k: (p.data.data_ptr(), p.data.stride()) for k, p in model.named_parameters()}
+
+    def boom(i):
+        if i == 2:
+            raise RuntimeError("injected")
+
+    for hook in (None, boom):
+        try:
+            ls._surface(model, loader, [d], [np.linspace(-1, 1, 5)],
+                        nn.functional.cross_entropy, None, "float", False, hook)
+        except RuntimeError:
+            assert hook is boom
+        after = {k: (p.data.data_ptr(), p.data.stride()) for k, p in model.named_parameters()}
+        assert after == before
+        assert all(p.is_contiguous() for p in model.parameters())
+
+
 def test_basin_width_closed_form():
     alphas = np.linspace(-1, 1, 201)
     line = ls.Landscape(alphas=alphas, loss=alphas**2 + 0.5, accuracy=np.ones_like(alphas))
