@@ -22,7 +22,6 @@ Requires ``pip install loss-landscapes==3.0.6`` (the ``bench`` extra).
 
 from __future__ import annotations
 
-import copy
 import time
 
 import loss_landscapes
@@ -37,15 +36,6 @@ from quantlens import landscape as ls
 
 STEPS = 25
 DIST = 1.0
-
-
-def _shifted(model, dirs, coefs):
-    m = copy.deepcopy(model)
-    with torch.no_grad():
-        for k, p in m.named_parameters():
-            for d, c in zip(dirs, coefs):
-                p.add_(d[k], alpha=c)
-    return m
 
 
 def _gemm_gflops() -> float:
@@ -76,9 +66,9 @@ def main() -> None:
                                           normalization="filter", deepcopy_model=True)
     t_rand = time.perf_counter() - t0
     step = 2 * DIST / (STEPS - 1)
-    start = _shifted(cnn, [d1, d2], [-DIST, -DIST])
-    end1 = _shifted(start, [d1], [step * STEPS])
-    end2 = _shifted(start, [d2], [step * STEPS])
+    start = ls.moved_copy(cnn, [d1, d2], [-DIST, -DIST])
+    end1 = ls.moved_copy(start, [d1], [step * STEPS])
+    end2 = ls.moved_copy(start, [d2], [step * STEPS])
     t0 = time.perf_counter()
     planar = loss_landscapes.planar_interpolation(start, end1, end2, metric, steps=STEPS,
                                                   deepcopy_model=True)

@@ -27,6 +27,21 @@ from .hessian import (
     spectral_density,
     top_eigenvalues,
 )
+from .landscape import (
+    BasinWidth,
+    Landscape,
+    basin_width,
+    basin_widths,
+    direction_norm,
+    hessian_direction,
+    loss_line,
+    loss_plane,
+    model_difference,
+    moved_copy,
+    orthogonalize,
+    quantization_direction,
+    random_direction,
+)
 from .models import (
     MLP,
     DigitsCNN,
@@ -67,6 +82,9 @@ __all__ = [
     "hessian_summary",
     "hutchinson", "hutchpp", "lanczos", "layer_sharpness", "power_iteration",
     "spectral_density", "top_eigenvalues",
+    "BasinWidth", "Landscape", "basin_width", "basin_widths", "direction_norm",
+    "hessian_direction", "loss_line", "loss_plane", "model_difference", "moved_copy",
+    "orthogonalize", "quantization_direction", "random_direction",
     "ActivationFakeQuant", "DigitsCNN", "DigitsSplit", "Evaluation", "GRANULARITIES", "MLP",
     "ModelSnapshot", "Pretrained", "QUANTIZABLE_LAYERS", "QuantError", "QuantSpec",
     "QuantizedTensor", "calibrate_activations", "TinyTransformer", "WeightFakeQuant",

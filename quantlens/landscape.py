@@ -18,6 +18,7 @@ mid-grid leaves it intact. No model is copied per grid point.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ def random_direction(
     seed: int = 0,
     normalization: str | None = "filter",
     ignore_1d: bool = True,
+    reference: Direction | None = None,
 ) -> Direction:
     """A seeded Gaussian direction, normalized per filter, per layer or for the whole model.
 
@@ -72,14 +74,23 @@ def random_direction(
         scaled to ``||θ||``; ``None``: raw Gaussian.
     ignore_1d : bool
         Zero direction for 1-D parameters (biases, normalization weights), as Li et al.
+    reference : dict, optional
+        Normalize against these tensors instead of the weights ``θ``. With
+        ``reference=quantization_direction(model, spec)`` and ``"filter"``, every filter of
+        the random direction has the norm of the matching filter of ``ΔW = Q(W) - W``: a
+        random perturbation of exactly the quantization error's size, layer by layer.
     """
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    params = _params(model)
+    if reference is None:
+        reference = {k: p.detach() for k, p in params.items()}
+    check_direction(params, reference)
     gen = torch.Generator().manual_seed(seed)
     out = {}
-    for name, p in _params(model).items():
+    for name, p in params.items():
         d = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-        w = p.detach().cpu().double()
+        w = reference[name].detach().cpu().double()
         if ignore_1d and p.ndim <= 1:
             d.zero_()
         elif normalization == "filter":
@@ -89,7 +100,7 @@ def random_direction(
             d *= w.norm() / d.norm().clamp_min(1e-30)
         out[name] = d
     if normalization == "model":
-        scale = _norm({k: p.detach().cpu().double() for k, p in _params(model).items()
+        scale = _norm({k: reference[k].detach().cpu().double() for k, p in params.items()
                        if not (ignore_1d and p.ndim <= 1)}) / max(_norm(out), 1e-30)
         out = {k: v * scale for k, v in out.items()}
     return _like(out, model)
@@ -106,6 +117,13 @@ def _norm(d: dict[str, torch.Tensor]) -> float:
 
 def _dot(a: Direction, b: Direction) -> float:
     return float(sum((a[k].double() * b[k].double()).sum() for k in a))
+
+
+def direction_norm(direction: Direction) -> float:
+    """Euclidean norm ``||d|| = sqrt(Σ d_i²)`` over all tensors of a direction (in float64)."""
+    if not isinstance(direction, dict) or not direction:
+        raise TypeError("direction must be a non-empty dict of tensors")
+    return _norm(direction)
 
 
 def orthogonalize(d2: Direction, d1: Direction) -> Direction:
@@ -156,6 +174,23 @@ def model_difference(start: nn.Module, end: nn.Module) -> Direction:
     a, b = _params(start), _params(end)
     check_direction(a, {k: v.detach() for k, v in b.items()})
     return {k: (b[k].detach() - a[k].detach()).to(a[k].dtype) for k in a}
+
+
+def moved_copy(model: nn.Module, directions: list[Direction], coefs: list[float]) -> nn.Module:
+    """A deep copy of ``model`` at ``θ + Σ_i c_i d_i`` (the caller's model is not touched).
+
+    For handing one point of a landscape to other code (an evaluation, a peer tool).
+    """
+    params = _params(model)
+    if len(directions) != len(coefs):
+        raise ValueError(f"got {len(directions)} directions but {len(coefs)} coefs")
+    for d in directions:
+        check_direction(params, d)
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in moved.named_parameters():
+            p.add_(sum(float(c) * d[name] for d, c in zip(directions, coefs)))
+    return moved
 
 
 def hessian_direction(model: nn.Module, loader: DataLoader,

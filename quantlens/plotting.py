@@ -128,3 +128,77 @@ def plot_layer_sharpness(table: pd.DataFrame, column: str = "lambda_max",
                    "trace": "trace of the layer block (log)"}.get(column, column))
     ax.legend(fontsize=8)
     return ax
+
+
+def plot_lines(lines: dict, ax: plt.Axes | None = None, metric: str = "loss",
+               log: bool = True, xlabel: str = r"step $\alpha$ along the direction") -> plt.Axes:
+    """1-D landscapes (:class:`~quantlens.landscape.Landscape`), one curve per label.
+
+    ``metric`` is ``"loss"`` (log scale by default) or ``"accuracy"`` (in %).
+    """
+    ax = _axes(ax)
+    for i, (label, line) in enumerate(lines.items()):
+        y = line.loss if metric == "loss" else 100 * line.accuracy
+        ax.plot(line.alphas, y, "-", color=f"C{i}", lw=1.3, label=label)
+    if metric == "loss" and log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss (cross-entropy" + (", log)" if log else ")") if metric == "loss"
+                  else "accuracy (%)")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_contour(plane, ax: plt.Axes | None = None, levels: int | list = 12, log: bool = True,
+                 marks: dict | None = None, title: str | None = None) -> plt.Axes:
+    """Contour plot of a 2-D landscape with labelled levels.
+
+    ``log`` contours ``log10(loss)`` (labels show the loss itself); ``marks`` maps a label to
+    an ``(α, β)`` point drawn on the plane (the origin is always marked).
+    """
+    ax = _axes(ax)
+    a, b = np.meshgrid(plane.alphas, plane.betas, indexing="ij")
+    z = np.log10(plane.loss) if log else plane.loss
+    cs = ax.contour(a, b, z, levels=levels, cmap="viridis", linewidths=0.9)
+    fmt = (lambda v: f"{10 ** v:.2g}") if log else (lambda v: f"{v:.2g}")
+    ax.clabel(cs, cs.levels[::2], fmt=fmt, fontsize=7)
+    ax.plot(0, 0, "k+", ms=10, mew=1.5)
+    for i, (label, (x, y)) in enumerate((marks or {}).items()):
+        ax.plot(x, y, "o", color=f"C{i + 3}", ms=6, label=label)
+    if marks:
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlabel(r"$\alpha$ (along $d_1$)")
+    ax.set_ylabel(r"$\beta$ (along $d_2$)")
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_surface(plane, ax=None, log: bool = True, title: str | None = None):
+    """3-D surface of a 2-D landscape (``ax`` must be a 3-D Axes or None)."""
+    if ax is None:
+        ax = plt.figure(figsize=(5.5, 4.2)).add_subplot(projection="3d")
+    a, b = np.meshgrid(plane.alphas, plane.betas, indexing="ij")
+    z = np.log10(plane.loss) if log else plane.loss
+    ax.plot_surface(a, b, z, cmap="viridis", linewidth=0, antialiased=True, alpha=0.9)
+    ax.set_xlabel(r"$\alpha$")
+    ax.set_ylabel(r"$\beta$")
+    ax.set_zlabel(r"$\log_{10}$ loss" if log else "loss")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def plot_basin_widths(table: pd.DataFrame, ax: plt.Axes | None = None,
+                      x: str = "model", hue: str | None = None) -> plt.Axes:
+    """Basin width per direction (points) and their spread (box), grouped by ``x``."""
+    import seaborn as sns
+
+    ax = _axes(ax)
+    sns.boxplot(data=table, x=x, y="width", hue=hue, ax=ax, fill=False, showfliers=False)
+    sns.stripplot(data=table, x=x, y="width", hue=hue, ax=ax, dodge=hue is not None,
+                  size=4, alpha=0.7, legend=False)
+    ax.set_xlabel("")
+    ax.set_ylabel(r"basin width (units of $\alpha$)")
+    return ax

@@ -101,3 +101,50 @@ def hessian_explorer(model, loader, bits=(32, 8, 6, 4, 3, 2), group_size: int = 
         control.observe(redraw, names="value")
     redraw()
     return widgets.VBox([widgets.HBox([w_bits, w_gran, w_layer]), out])
+
+
+def landscape_explorer(model, loader, bits=(8, 6, 4, 3, 2), granularity: str = "tensor",
+                       threshold: float = 0.1) -> widgets.VBox:
+    """Distance, steps, seed and bits; redraw 1-D slices of FP32 and the quantized model.
+
+    Along one filter-normalized random direction (``seed``) three lines are drawn: the FP32
+    model, the quantized model perturbed as floats (``mode="dequantized"``) and re-quantized
+    at every point (``mode="requantize"``); the readout gives each line's basin width at
+    ``L_min + threshold``. ``model`` is never modified. Static counterpart:
+    :func:`quantlens.plotting.plot_lines`.
+    """
+    from .landscape import basin_width, loss_line, random_direction
+    from .plotting import plot_lines
+
+    w_dist = widgets.FloatLogSlider(value=1.0, base=10, min=-2, max=0.5, step=0.1,
+                                    description="distance")
+    w_steps = widgets.IntSlider(value=31, min=5, max=81, step=2, description="steps")
+    w_seed = widgets.IntSlider(value=0, min=0, max=9, description="seed")
+    w_bits = widgets.Dropdown(options=list(bits), value=bits[0], description="bits")
+    out = widgets.Output()
+    readout = widgets.HTML()
+
+    def redraw(_=None):
+        spec = QuantSpec(w_bits.value, granularity=granularity)
+        d = random_direction(model, seed=w_seed.value)
+        kw = dict(distance=w_dist.value, steps=w_steps.value, progress=False)
+        lines = {"FP32": loss_line(model, loader, d, **kw),
+                 f"{spec.label()}, dequantized": loss_line(model, loader, d, spec=spec,
+                                                           mode="dequantized", **kw),
+                 f"{spec.label()}, requantize": loss_line(model, loader, d, spec=spec,
+                                                          mode="requantize", **kw)}
+        widths = {k: basin_width(v, threshold).width for k, v in lines.items()}
+        readout.value = f"basin width at L_min + {threshold}: " + "; ".join(
+            f"{k} {v:.3f}" for k, v in widths.items())
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(7, 3.6))
+            plot_lines(lines, ax=ax)
+            ax.set_title(f"direction seed {w_seed.value}", fontsize=9)
+            plt.show()
+
+    for control in (w_dist, w_steps, w_seed, w_bits):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([w_dist, w_steps]), widgets.HBox([w_seed, w_bits]),
+                         readout, out])

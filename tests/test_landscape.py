@@ -203,3 +203,28 @@ def test_convert_qat_leaves_qat_model():
     model, _ = _setup()
     qat = ql.prepare_qat(model, 3)
     assert_model_unchanged(qat, ql.convert_qat, qat)
+
+
+def test_moved_copy():
+    model, loader = _setup()
+    d1, d2 = ls.random_direction(model, seed=0), ls.random_direction(model, seed=1)
+    moved = assert_model_unchanged(model, ls.moved_copy, model, [d1, d2], [0.5, -0.25])
+    ref = _perturbed(model, [d1, d2], [0.5, -0.25])
+    for (k, a), b in zip(moved.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, msg=k)
+    with pytest.raises(ValueError, match="coefs"):
+        ls.moved_copy(model, [d1], [1.0, 2.0])
+
+
+def test_random_direction_with_reference_norms():
+    model, _ = _setup()
+    dw = ls.quantization_direction(model, 4)
+    d = ls.random_direction(model, seed=5, reference=dw)
+    for k, p in model.named_parameters():
+        if p.ndim > 1:
+            torch.testing.assert_close(d[k].reshape(len(p), -1).norm(dim=1),
+                                       dw[k].reshape(len(p), -1).norm(dim=1))
+    assert ls._norm(d) == pytest.approx(ls._norm(dw), rel=1e-6)
+    assert abs(ls._dot(d, dw)) < 0.5 * ls._norm(dw) ** 2  # a different direction, same size
+    with pytest.raises(ValueError, match="does not match"):
+        ls.random_direction(model, reference={"x": torch.zeros(1)})

@@ -13,6 +13,14 @@ import quantlens as ql  # noqa: E402
 from quantlens.testing import model_unchanged  # noqa: E402
 
 
+def _tiny():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    loader = DataLoader(TensorDataset(torch.randn(20, 4), torch.randint(0, 3, (20,))),
+                        batch_size=8)
+    return model, loader
+
+
 def test_quantization_explorer_reacts():
     w = torch.randn(32, 64)
     box = ql.widgets.quantization_explorer(w, group_size=16)
@@ -28,13 +36,26 @@ def test_quantization_explorer_reacts():
 
 
 def test_hessian_explorer_reacts_and_leaves_model():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
-    loader = DataLoader(TensorDataset(torch.randn(20, 4), torch.randint(0, 3, (20,))),
-                        batch_size=8)
+    model, loader = _tiny()
     with model_unchanged(model):
         box = ql.widgets.hessian_explorer(model, loader, k=2)
         bits, gran, layer = box.children[0].children
         bits.value = 4
         gran.value = "channel"
         layer.value = "2"
+
+
+def test_landscape_explorer_reacts_and_leaves_model():
+    model, loader = _tiny()
+    with model_unchanged(model):
+        box = ql.widgets.landscape_explorer(model, loader, bits=(8, 2), threshold=0.05)
+        dist, steps = box.children[0].children
+        seed, bits = box.children[1].children
+        readout = box.children[2]
+        assert "int8 sym per-tensor, requantize" in readout.value
+        before = readout.value
+        bits.value = 2
+        seed.value = 3
+        steps.value = 7
+        dist.value = 0.5
+        assert "int2 sym per-tensor, dequantized" in readout.value and readout.value != before
