@@ -1,16 +1,28 @@
 """quantlens: see and measure what quantization does to a neural network.
 
 Modules (one concept each): :mod:`~quantlens.quantize` (simulated quantization, STE, QAT,
-error reports), :mod:`~quantlens.data` (embedded digits data), :mod:`~quantlens.models`
+error reports), :mod:`~quantlens.alpha` (WeightWatcher's heavy-tailed α across bit widths),
+:mod:`~quantlens.data` (embedded digits data, sentences), :mod:`~quantlens.models`
 (reference models, pretrained loader), :mod:`~quantlens.landscape` (loss lines, planes,
-basin width), :mod:`~quantlens.hessian` (Hessian spectrum,
-trace, density, per-layer sharpness), :mod:`~quantlens.train` (seeded training, evaluation,
-PTQ sweeps), :mod:`~quantlens.guard` (leave the caller's model unchanged),
-:mod:`~quantlens.plotting`, :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
+basin width), :mod:`~quantlens.hessian` (Hessian spectrum, trace, density, per-layer
+sharpness), :mod:`~quantlens.train` (seeded training, evaluation, PTQ sweeps),
+:mod:`~quantlens.guard` (leave the caller's model unchanged), :mod:`~quantlens.plotting`,
+:mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
 
-from . import hessian, landscape, plotting, testing, widgets
-from .data import DigitsSplit, digits_loaders, load_digits_split
+from . import alpha, hessian, landscape, plotting, testing, widgets
+from .alpha import (
+    AlphaSimilarity,
+    AlphaSweep,
+    EmbeddingSimilarity,
+    alpha_summary,
+    alpha_sweep,
+    alpha_vs_similarity,
+    embedding_similarity,
+    encoder_linear_layers,
+    layer_kind,
+)
+from .data import SENTENCES, DigitsSplit, digits_loaders, load_digits_split
 from .guard import ModelSnapshot, eval_mode, preserved
 from .hessian import (
     EigenResult,
@@ -77,7 +89,10 @@ from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits
 __version__ = "0.1.0"
 
 __all__ = [
-    "hessian", "landscape", "plotting", "testing", "widgets",
+    "alpha", "hessian", "landscape", "plotting", "testing", "widgets",
+    "AlphaSimilarity", "AlphaSweep", "EmbeddingSimilarity", "SENTENCES", "alpha_summary",
+    "alpha_sweep", "alpha_vs_similarity", "embedding_similarity", "encoder_linear_layers",
+    "layer_kind",
     "EigenResult", "HessianOperator", "SpectralDensity", "TraceEstimate", "exact_trace",
     "hessian_summary",
     "hutchinson", "hutchpp", "lanczos", "layer_sharpness", "power_iteration",

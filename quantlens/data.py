@@ -85,3 +85,30 @@ def digits_loaders(
     )
     test = DataLoader(TensorDataset(split.x_test, split.y_test), batch_size=batch_size)
     return train, test
+
+
+# Fixed, varied English sentences (facts, questions, instructions, dialogue, technical text,
+# numbers, negation, near-paraphrases) for sentence-embedding checks of pretrained encoders,
+# e.g. how far quantization moves all-MiniLM-L6-v2 embeddings (quantlens.alpha).
+SENTENCES: tuple[str, ...] = (
+    "The cat is sleeping on the warm windowsill.",
+    "A kitten naps in the sun by the window.",
+    "Stock markets fell sharply after the central bank raised interest rates.",
+    "How do I reset my password if I no longer have access to my email?",
+    "Please preheat the oven to 180 degrees before adding the tray.",
+    "The mitochondria is the part of the cell that produces most of its energy.",
+    "I can't believe we missed the last train home again!",
+    "The new bridge is 1,200 metres long and took four years to build.",
+    "She did not enjoy the film, although the soundtrack was beautiful.",
+    "Quantizing the weights to four bits shrinks the model by a factor of eight.",
+    "Gradient descent updates the parameters in the direction of steepest descent.",
+    "Our team won the championship in the final minute of the match.",
+    "Could you recommend a quiet café where I can read for a few hours?",
+    "Heavy rain and strong winds are expected along the coast tonight.",
+    "The contract must be signed by both parties before the end of the month.",
+    "Photosynthesis converts sunlight, water and carbon dioxide into sugar and oxygen.",
+    "He plays the violin every evening to relax after work.",
+    "The museum is closed on Mondays and public holidays.",
+    "Python lists are mutable, whereas tuples cannot be changed after creation.",
+    "Thanks so much for your help yesterday, it really made a difference.",
+)

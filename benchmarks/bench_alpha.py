@@ -1,0 +1,112 @@
+"""alpha_sweep against the naive WeightWatcher loop, side by side in one run.
+
+The full sweep of all-MiniLM-L6-v2 (baseline + bits 8, 6, 5, 4, 3, 2 x per-tensor, per-channel,
+per-group(128) = 19 settings) two ways:
+
+* ``quantlens.alpha.alpha_sweep``: each weight read once, the baseline analysed once, the
+  quantized variants made from shared per-group statistics, identical variants analysed once;
+* naive: for every setting a quantized deep copy (``quantlens.quantize_model``) and a fresh
+  ``weightwatcher.WeightWatcher(model=copy).analyze()`` (1 + 6 x 3 = 19 analyses), timed with
+  torch's default threads and with torch at one thread (what alpha_sweep uses, so that
+  torch's and numpy's thread pools do not starve each other).
+
+Prints the wall-clock times (best of ``--repeat`` interleaved runs; the machine's load average
+is printed too, since other jobs slow both), their ratio, and checks that both give the same
+alpha for every layer and setting. Run: ``python benchmarks/bench_alpha.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+import quantlens as ql
+from quantlens import alpha as qa
+
+BITS = (8, 6, 5, 4, 3, 2)
+GRANULARITIES = ("tensor", "channel", "group")
+GROUP_SIZE = 128
+
+
+def naive(model) -> pd.DataFrame:
+    """One quantized copy and one WeightWatcher analysis per setting."""
+    ww = qa._ww()
+    frames = []
+    settings = [(None, "none")] + [(b, g) for g in GRANULARITIES for b in BITS]
+    with warnings.catch_warnings(), qa._quiet_ww():
+        warnings.simplefilter("ignore")
+        for b, g in settings:
+            m = model if b is None else ql.quantize_model(
+                model, ql.QuantSpec(b, granularity=g, group_size=GROUP_SIZE))
+            d = ww.WeightWatcher(model=m).analyze()
+            frames.append(d.assign(bits=b, granularity=g))
+    out = pd.concat(frames, ignore_index=True)
+    out["alpha"] = out["alpha"].where(out["alpha"] != -1)  # WeightWatcher's failed fit
+    return out.rename(columns={"longname": "layer"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=2, help="interleaved runs of each")
+    args = parser.parse_args()
+
+    model = ql.load_pretrained().model
+    qa._ww()  # import weightwatcher outside the timings
+    qa.alpha_sweep(model, bits=None, progress=False)  # warm-up
+    load0 = os.getloadavg()[0]
+    t_sweep, t_naive, t_naive1 = [], [], []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        sweep = qa.alpha_sweep(model, BITS, GRANULARITIES, GROUP_SIZE, progress=False)
+        t_sweep.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ref = naive(model)
+        t_naive.append(time.perf_counter() - t0)
+        with qa._torch_threads(1):  # the thread setting alpha_sweep uses, for a fair comparison
+            t0 = time.perf_counter()
+            naive(model)
+            t_naive1.append(time.perf_counter() - t0)
+    load1 = os.getloadavg()[0]
+
+    ours = sweep.layers.assign(bits=sweep.layers["bits"].astype(object))
+    ours["bits"] = ours["bits"].where(ours["bits"].notna(), None)
+    key = ["layer", "bits", "granularity"]
+    both = ours.merge(ref[key + ["alpha"]], on=key, how="inner", suffixes=("", "_ww"))
+    n_layers = ours.loc[ours["bits"].isna(), "layer"].nunique()
+    n_ww = ref.loc[ref["bits"].isna(), "layer"].nunique()
+    same_rows = len(both) == len(ref)
+    nan_agree = bool((both["alpha"].isna() == both["alpha_ww"].isna()).all())
+    fit = both.dropna(subset=["alpha", "alpha_ww"])
+    diff = (fit["alpha"] - fit["alpha_ww"]).abs()
+    rel = float((diff / fit["alpha_ww"].abs()).max())
+
+    import weightwatcher  # already imported (quietly) by quantlens.alpha
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, weightwatcher "
+          f"{weightwatcher.__version__}, load average {load0:.1f} -> {load1:.1f}")
+    print(f"all-MiniLM-L6-v2: {n_layers} weight layers, {n_ww} analysed by WeightWatcher; "
+          f"baseline + bits {BITS} x {GRANULARITIES} (group {GROUP_SIZE}) = "
+          f"{1 + len(BITS) * len(GRANULARITIES)} settings")
+    for label, times in (("quantlens alpha_sweep", t_sweep),
+                         ("naive quantize_model + analyze x19", t_naive),
+                         ("  the same, torch at 1 thread", t_naive1)):
+        runs = ", ".join(f"{t:.1f}" for t in times)
+        print(f"{label:36s} {min(times):6.1f} s   (runs: {runs} s)")
+    print(f"{'speed-up vs naive':36s} {min(t_naive) / min(t_sweep):6.2f}x")
+    print(f"{'speed-up vs naive, torch 1 thread':36s} {min(t_naive1) / min(t_sweep):6.2f}x")
+    print(f"same alphas: {same_rows and nan_agree and rel < 1e-8} ({len(both)} layer-settings, "
+          f"{len(fit)} fitted, failed fits agree: {nan_agree}, max |d alpha| "
+          f"{float(diff.max()):.2e}, max rel {rel:.2e})")
+    if not (same_rows and nan_agree and rel < 1e-8):
+        raise SystemExit("alpha_sweep and WeightWatcher disagree")
+    np.testing.assert_allclose(fit["alpha"], fit["alpha_ww"], rtol=1e-8)
+
+
+if __name__ == "__main__":
+    main()
