@@ -21,6 +21,7 @@ from .alpha import (
     embedding_similarity,
     encoder_linear_layers,
     layer_kind,
+    weightwatcher_analyze,
 )
 from .data import SENTENCES, DigitsSplit, digits_loaders, load_digits_split
 from .guard import ModelSnapshot, eval_mode, preserved
@@ -92,7 +93,7 @@ __all__ = [
     "alpha", "hessian", "landscape", "plotting", "testing", "widgets",
     "AlphaSimilarity", "AlphaSweep", "EmbeddingSimilarity", "SENTENCES", "alpha_summary",
     "alpha_sweep", "alpha_vs_similarity", "embedding_similarity", "encoder_linear_layers",
-    "layer_kind",
+    "layer_kind", "weightwatcher_analyze",
     "EigenResult", "HessianOperator", "SpectralDensity", "TraceEstimate", "exact_trace",
     "hessian_summary",
     "hutchinson", "hutchpp", "lanczos", "layer_sharpness", "power_iteration",

@@ -214,6 +214,24 @@ def _quiet_ww() -> Iterator[None]:
         yield
 
 
+def weightwatcher_analyze(model: nn.Module) -> pd.DataFrame:
+    """WeightWatcher's own ``WeightWatcher(model=model).analyze()`` with its defaults.
+
+    Its log messages, prints and warnings are silenced; rows are indexed by the layer's
+    module name (``longname``). This is the independent reference that the baseline rows of
+    :func:`alpha_sweep` reproduce (a test checks it to 1e-9); it runs one full analysis per
+    call, which is what :func:`alpha_sweep` avoids doing once per quantized copy. The model is
+    only read.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    ww = _ww()
+    with preserved(model), warnings.catch_warnings(), _quiet_ww():
+        warnings.simplefilter("ignore")
+        details = ww.WeightWatcher(model=model).analyze()
+    return details.set_index("longname")
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` torch CPU threads, then restore the previous number.

@@ -202,3 +202,78 @@ def plot_basin_widths(table: pd.DataFrame, ax: plt.Axes | None = None,
     ax.set_xlabel("")
     ax.set_ylabel(r"basin width (units of $\alpha$)")
     return ax
+
+
+def _alpha_band(ax, vertical: bool = True) -> None:
+    span = ax.axvspan if vertical else ax.axhspan
+    span(2.0, 6.0, color="0.9", zorder=0, label=r"$2 \leq \alpha \leq 6$")
+
+
+def _settings_of(layers: pd.DataFrame, granularity: str, bits) -> pd.DataFrame:
+    base = layers[layers["bits"].isna()].assign(setting="FP32")
+    q = layers[(layers["granularity"] == granularity) & layers["bits"].isin(list(bits))]
+    q = q.assign(setting=[f"int{b}" for b in q["bits"]])
+    return pd.concat([base, q], ignore_index=True)
+
+
+def plot_alpha_histograms(layers: pd.DataFrame, granularity: str = "tensor",
+                          bits=(8, 4, 3, 2), ax: plt.Axes | None = None) -> plt.Axes:
+    """Histogram of per-layer ``α`` for the baseline and each bit width, with the [2, 6] band.
+
+    ``layers`` is :attr:`quantlens.alpha.AlphaSweep.layers`.
+    """
+    import seaborn as sns
+
+    ax = _axes(ax)
+    df = _settings_of(layers, granularity, bits).dropna(subset=["alpha"])
+    _alpha_band(ax)
+    edges = np.linspace(min(1.0, df["alpha"].min()), max(8.0, df["alpha"].max()), 36)
+    sns.histplot(data=df, x="alpha", hue="setting", bins=edges, element="step", fill=False,
+                 ax=ax, palette="viridis")
+    ax.set_xlabel(r"WeightWatcher $\alpha$ of a layer")
+    ax.set_ylabel("layers")
+    ax.set_title(f"per-{granularity}" if granularity != "none" else "", fontsize=9)
+    return ax
+
+
+def plot_alpha_scatter(layers: pd.DataFrame, granularity: str = "tensor", bits=(8, 4, 3, 2),
+                       ax: plt.Axes | None = None) -> plt.Axes:
+    """Per-layer ``α`` of each quantized setting against the same layer's baseline ``α``."""
+    ax = _axes(ax)
+    base = layers[layers["bits"].isna()].set_index("layer")["alpha"]
+    for i, b in enumerate(bits):
+        q = layers[(layers["granularity"] == granularity) & (layers["bits"] == b)]
+        q = q.set_index("layer")["alpha"]
+        ax.plot(base.reindex(q.index), q, "o", ms=4, alpha=0.8,
+                color=plt.cm.viridis(i / max(len(bits) - 1, 1)), label=f"int{b}")
+    lo, hi = np.nanmin(base), np.nanmax(base)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="unchanged")
+    _alpha_band(ax, vertical=False)
+    ax.set_xlabel(r"baseline $\alpha$ (FP32)")
+    ax.set_ylabel(r"quantized $\alpha$")
+    ax.set_title(f"per-{granularity}", fontsize=9)
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_alpha_by_layer(layers: pd.DataFrame, granularity: str = "tensor", bits=(4, 2),
+                        hue: str = "kind", ax: plt.Axes | None = None) -> plt.Axes:
+    """``α`` against layer position (``layer_id``), one marker per layer kind (column ``hue``),
+    for the baseline (filled) and each bit width (lines through the same layers)."""
+    ax = _axes(ax)
+    df = _settings_of(layers, granularity, bits).sort_values("layer_id")
+    kinds = list(dict.fromkeys(df[hue])) if hue in df else [None]
+    markers = "osD^v<>ph*"
+    for s_i, (setting, g) in enumerate(df.groupby("setting", sort=False)):
+        color = "k" if setting == "FP32" else plt.cm.viridis(0.15 + 0.7 * s_i / len(bits))
+        ax.plot(g["layer_id"], g["alpha"], "-", color=color, lw=0.6, alpha=0.6)
+        for k_i, kind in enumerate(kinds):
+            gk = g if kind is None else g[g[hue] == kind]
+            ax.plot(gk["layer_id"], gk["alpha"], markers[k_i % len(markers)], color=color,
+                    ms=4, label=f"{kind}" if s_i == 0 and kind is not None else None)
+        ax.plot([], [], "-", color=color, label=setting)
+    _alpha_band(ax, vertical=False)
+    ax.set_xlabel("layer position (WeightWatcher layer id)")
+    ax.set_ylabel(r"$\alpha$")
+    ax.legend(fontsize=6, ncol=2)
+    return ax

@@ -148,3 +148,45 @@ def landscape_explorer(model, loader, bits=(8, 6, 4, 3, 2), granularity: str = "
     redraw()
     return widgets.VBox([widgets.HBox([w_dist, w_steps]), widgets.HBox([w_seed, w_bits]),
                          readout, out])
+
+
+def alpha_explorer(layers, bits=(8, 6, 5, 4, 3, 2), kind_column: str = "kind") -> widgets.VBox:
+    """Pick bit width, granularity and layer kind; show per-layer ``α`` against the baseline.
+
+    ``layers`` is :attr:`quantlens.alpha.AlphaSweep.layers`, optionally with a column
+    ``kind_column`` (e.g. from :func:`quantlens.alpha.layer_kind`) to filter on. The readout
+    gives the seed-style summary row (:func:`quantlens.alpha.alpha_summary`) of the selected
+    layers. Static counterpart: :func:`quantlens.plotting.plot_alpha_scatter`.
+    """
+    from .alpha import alpha_summary
+    from .plotting import plot_alpha_scatter
+
+    grans = [g for g in dict.fromkeys(layers["granularity"]) if g != "none"]
+    kinds = ["(all)"] + (sorted(set(layers[kind_column])) if kind_column in layers else [])
+    w_bits = widgets.Dropdown(options=list(bits), value=bits[-3] if len(bits) > 2 else bits[0],
+                              description="bits")
+    w_gran = widgets.Dropdown(options=grans, value=grans[0], description="granularity")
+    w_kind = widgets.Dropdown(options=kinds, value=kinds[0], description="layer kind")
+    out = widgets.Output()
+    readout = widgets.HTML()
+
+    def redraw(_=None):
+        df = layers if w_kind.value == "(all)" else layers[layers[kind_column] == w_kind.value]
+        summary = alpha_summary(df)
+        row = summary[(summary["granularity"] == w_gran.value) & (summary["bits"] == w_bits.value)]
+        if len(row):
+            r = row.iloc[0]
+            readout.value = (f"{int(r.n_layers)} layers: mean α {r.alpha_mean:.3f} "
+                             f"({r.alpha_change_pct:+.1f}% vs baseline), correlation with "
+                             f"baseline {r.alpha_corr:.3f}, {r.pct_in_range:.0f}% in [2, 6]")
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(6.4, 4))
+            plot_alpha_scatter(df, w_gran.value, bits=(w_bits.value,), ax=ax)
+            ax.set_title(f"{w_kind.value}, int{w_bits.value} per-{w_gran.value}", fontsize=9)
+            plt.show()
+
+    for control in (w_bits, w_gran, w_kind):
+        control.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([w_bits, w_gran, w_kind]), readout, out])

@@ -3,7 +3,6 @@
 import copy
 import dataclasses
 import json
-import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -61,11 +60,7 @@ def ww_cpu(monkeypatch):
 
 def _ww_analyze(model: nn.Module) -> pd.DataFrame:
     """weightwatcher's own ``analyze()`` (its log, prints and warnings silenced)."""
-    ww = qa._ww()
-    with warnings.catch_warnings(), qa._quiet_ww():
-        warnings.simplefilter("ignore")
-        details = ww.WeightWatcher(model=model).analyze()
-    return details.set_index("longname")
+    return assert_model_unchanged(model, qa.weightwatcher_analyze, model)
 
 
 def _rows(sweep: qa.AlphaSweep, bits, granularity) -> pd.DataFrame:

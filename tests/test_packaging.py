@@ -38,7 +38,7 @@ def test_environment_yml_matches_pyproject():
 
 
 def test_there_are_chapters():
-    assert [p.stem for p in CHAPTERS] == ["hessian", "landscape", "quantization"]
+    assert [p.stem for p in CHAPTERS] == ["alpha", "hessian", "landscape", "quantization"]
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
