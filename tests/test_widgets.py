@@ -59,3 +59,20 @@ def test_landscape_explorer_reacts_and_leaves_model():
         steps.value = 7
         dist.value = 0.5
         assert "int2 sym per-tensor, dequantized" in readout.value and readout.value != before
+
+
+def test_alpha_explorer_reacts():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 80))
+    sweep = ql.alpha_sweep(model, bits=(None, 8, 2), granularities=("tensor", "channel"),
+                           progress=False)
+    layers = sweep.layers.assign(kind=sweep.layers["layer"].map({"0": "first", "2": "second"}))
+    assert layers["kind"].notna().all()
+    box = ql.widgets.alpha_explorer(layers, bits=(8, 2))
+    bits, gran, kind = box.children[0].children
+    readout = box.children[1]
+    assert "2 layers" in readout.value
+    kind.value = "first"
+    gran.value = "channel"
+    bits.value = 2
+    assert "1 layers" in readout.value
