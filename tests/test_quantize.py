@@ -6,7 +6,7 @@ import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -142,15 +142,19 @@ specs = st.builds(ql.QuantSpec, bits=st.integers(2, 16), symmetric=st.booleans()
                   group_size=st.integers(1, 12))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(arrays, specs)
+# found by a random run: x/s = 511.5 exactly in real arithmetic, 511.49997 in float32
+@example(np.array([5000.0, 10000.0], dtype=np.float32), ql.QuantSpec(10, symmetric=False))
 def test_error_bound_idempotence_levels(a, spec):
     x = torch.from_numpy(a)
     qt = ql.quantize(x, spec)
     q = qt.dequantize()
-    # |x - Q(x)| <= s/2 for every element (float rounding allowance)
+    # |x - Q(x)| <= s/2 for every element, plus float32 rounding: x/s and (q - z)s each carry
+    # a relative error of ~1 ulp, i.e. an absolute error of a few ulp(|x|)
     s_max = float(qt.scale.max())
-    assert float((q - x).abs().max()) <= s_max / 2 * (1 + 1e-5) + 1e-30
+    ulp = 4 * torch.finfo(torch.float32).eps * float(x.abs().max())
+    assert float((q - x).abs().max()) <= s_max / 2 * (1 + 1e-5) + ulp + 1e-30
     # idempotence on the grid of x: Q_{s,z}(Q_{s,z}(x)) = Q_{s,z}(x), bitwise
     assert torch.equal(ql.fake_quantize(q, spec, qt.scale, qt.zero_point), q)
     # a symmetric grid keeps max|x|, so even recomputing it is (numerically) idempotent
@@ -162,7 +166,7 @@ def test_error_bound_idempotence_levels(a, spec):
     assert torch.isfinite(q).all()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(arrays, st.integers(2, 8))
 def test_ste_gradient_is_mask(a, bits):
     x = torch.from_numpy(a).requires_grad_()
