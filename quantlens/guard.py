@@ -90,7 +90,9 @@ def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
         return False
     if a.is_floating_point() or a.is_complex():
         # compare raw bits so that NaN == NaN and -0.0 != 0.0
-        a, b = a.detach().contiguous().view(torch.uint8), b.detach().contiguous().view(torch.uint8)
+        # (reshape(-1) first: a 0-dim tensor, e.g. an observer's running max, cannot be viewed)
+        a = a.detach().reshape(-1).contiguous().view(torch.uint8)
+        b = b.detach().reshape(-1).contiguous().view(torch.uint8)
     return bool(torch.equal(a.cpu(), b.cpu()))
 
 

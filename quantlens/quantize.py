@@ -567,11 +567,14 @@ def _quantize_input(module: nn.Module, args: tuple) -> tuple:
     return (module.input_quant(args[0]),) + tuple(args[1:])
 
 
-def convert_qat(model: nn.Module) -> nn.Module:
+def convert_qat(model: nn.Module, latent: bool = False) -> nn.Module:
     """Return a copy of a :func:`prepare_qat` model with weights frozen to ``Q(W)``.
 
     Parametrizations are removed (keeping the quantized values) so the result is a plain
     model whose weights lie on the quantization grid. Activation quantizers stay in place.
+    With ``latent=True`` the copy keeps the latent float weights ``W`` instead (the point the
+    optimizer moved; ``Q`` of it is the deployed model), e.g. for a line FP32 -> QAT with
+    :func:`quantlens.landscape.model_difference` in ``mode="requantize"``.
     """
     out = copy.deepcopy(model)
     for module in out.modules():
@@ -581,7 +584,7 @@ def convert_qat(model: nn.Module) -> nn.Module:
             # its own class first so the caller's QAT model keeps working.
             cls = module.__class__
             module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=not latent)
     return out
 
 

@@ -71,3 +71,17 @@ def test_eval_mode_restores_mixed_flags():
     with ql.eval_mode(m):
         assert not any(x.training for x in m.modules())
     assert m.training and m[1].training and not m[2].training
+
+
+def test_zero_dim_buffers_are_compared_bitwise():
+    from quantlens.guard import _bitwise_equal
+
+    a = torch.tensor(1.5)
+    assert _bitwise_equal(a, torch.tensor(1.5))
+    assert not _bitwise_equal(a, torch.tensor(-1.5))
+    assert not _bitwise_equal(torch.tensor(0.0), torch.tensor(-0.0))
+    m = torch.nn.Linear(2, 2)
+    m.register_buffer("running_max", torch.tensor(3.0))
+    with pytest.raises(AssertionError, match="running_max"):
+        with model_unchanged(m):
+            m.running_max.fill_(4.0)

@@ -296,6 +296,10 @@ def test_prepare_qat_trains_latent_weights_and_converts():
     assert not hasattr(frozen[2], "parametrizations")
     assert torch.unique(frozen[2].weight).numel() <= 7
     assert torch.equal(frozen[2].weight, qat[2].weight)
+    latent = assert_model_unchanged(qat, ql.convert_qat, qat, latent=True)
+    assert not hasattr(latent[2], "parametrizations")
+    assert torch.equal(latent[2].weight, qat[2].parametrizations.weight.original)
+    assert torch.equal(ql.quantize_dequantize(latent[2].weight, 3), frozen[2].weight)
 
 
 def test_activation_fake_quant_eval_uses_running_range():
