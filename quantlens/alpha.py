@@ -64,7 +64,7 @@ import re
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -76,14 +76,7 @@ from tqdm.auto import tqdm
 from .data import SENTENCES
 from .guard import preserved
 from .models import Pretrained, load_pretrained
-from .quantize import (
-    GRANULARITIES,
-    QuantSpec,
-    _compute_dtype,
-    _group_view,
-    _ungroup,
-    quantize_dequantize,
-)
+from .quantize import GRANULARITIES, QuantSpec, quantize_dequantize
 
 #: Defaults of ``WeightWatcher.analyze`` (0.7.7) for which layers are analysed.
 WW_MIN_EVALS, WW_MAX_EVALS, WW_MAX_N = 8, 15000, 50000
@@ -226,8 +219,8 @@ def weightwatcher_analyze(model: nn.Module) -> pd.DataFrame:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     ww = _ww()
-    with preserved(model), warnings.catch_warnings(), _quiet_ww():
-        warnings.simplefilter("ignore")
+    with preserved(model), _quiet_ww():
+        warnings.simplefilter("ignore")  # scoped by _quiet_ww's catch_warnings
         details = ww.WeightWatcher(model=model).analyze()
     return details.set_index("longname")
 
@@ -657,34 +650,12 @@ def _effective_granularity(shape, granularity: str, axis: int, group_size: int) 
 
 
 def _quantized_copies(weight: torch.Tensor, settings, axis: int):
-    """``(bits, granularity, thunk)``: ``thunk()`` is ``quantize_dequantize(weight, spec)``.
-
-    Bitwise the result of :func:`quantlens.quantize.quantize_dequantize` (symmetric,
-    ``s = max|w| / q_max`` per scale group, ``Q = clamp(round(w * (1/s)) + 0) * s``),
-    but the grouped view of the weight and its per-group ``max|w|`` are computed once per
-    granularity, not once per bit width, and the finiteness check once per weight (by the
-    caller). ``settings`` must be ordered by granularity. The thunk is valid until the next
-    item is drawn.
-    """
+    """``(bits, granularity, thunk)``: ``thunk()`` is ``quantize_dequantize(weight, spec)``
+    with the quantization axis of this layer; made lazily, so a setting whose analysis is
+    shared with an earlier one (:func:`_effective_granularity`) is never quantized."""
     x = weight.detach()
-    current, rows, shape, amax = None, None, None, None
     for b, g, spec in settings:
-        spec = replace(spec, axis=axis)
-        if g != current:
-            rows, shape = _group_view(x.to(_compute_dtype(x.dtype)), spec)
-            amax, current = rows.abs().amax(dim=1), g
-        scale = amax / spec.qmax
-        if not bool(torch.isfinite(scale).all()):
-            raise ValueError("the range of the weight overflows its dtype; cannot compute a scale")
-        scale = torch.where(amax == 0, torch.ones_like(scale),
-                            scale.clamp(min=torch.finfo(rows.dtype).tiny))[:, None]
-
-        def thunk(rows=rows, shape=shape, scale=scale, spec=spec) -> torch.Tensor:
-            # "+ 0.0" turns round()'s -0.0 into +0.0 as quantize_dequantize's "+ z - z" does
-            out = rows.mul(1.0 / scale).round_().add_(0.0).clamp_(spec.qmin, spec.qmax)
-            return _ungroup(out.mul_(scale), shape, spec).to(x.dtype)
-
-        yield b, g, thunk
+        yield b, g, partial(quantize_dequantize, x, replace(spec, axis=axis))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -185,15 +185,21 @@ def _ungroup(rows: torch.Tensor, shape: tuple, spec: QuantSpec) -> torch.Tensor:
     return channels.reshape(full_shape).movedim(0, spec.axis)
 
 
-def _check_tensor(x: torch.Tensor, name: str) -> None:
+def _check_tensor(x: torch.Tensor, name: str, finite: bool = True) -> None:
+    """Type, dtype and size checks; ``finite=False`` leaves the NaN/Inf scan to
+    :func:`_rows_qparams`, which sees every value's group extreme anyway (a full scan costs
+    as much as the quantization itself on large matrices)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.numel() == 0:
         raise ValueError(f"{name} is empty")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf values; quantization needs finite values")
+    if finite and not bool(torch.isfinite(x).all()):
+        raise ValueError(_NOT_FINITE.format(name=name))
+
+
+_NOT_FINITE = "{name} contains NaN or Inf values; quantization needs finite values"
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -211,7 +217,16 @@ def qparams(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tenso
     quantizes to exact zeros); ``s`` is floored at the dtype's smallest normal number so that
     ``1/s`` stays finite.
     """
-    rows, _ = _group_view(x.detach().to(_compute_dtype(x.dtype)), spec)
+    return _rows_qparams(_rows(x, spec)[0], spec)
+
+
+def _rows(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, tuple]:
+    """``x`` in its compute dtype, one row per scale group (see :func:`_group_view`)."""
+    return _group_view(x.detach().to(_compute_dtype(x.dtype)), spec)
+
+
+def _rows_qparams(rows: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`qparams` of an already grouped tensor (one row per scale group)."""
     tiny = torch.finfo(rows.dtype).tiny
     if spec.symmetric:
         amax = rows.abs().amax(dim=1)
@@ -222,7 +237,9 @@ def qparams(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tenso
         hi = rows.amax(dim=1).clamp(min=0)
         amax = hi - lo
         scale = amax / (spec.qmax - spec.qmin)
-    if not bool(torch.isfinite(scale).all()):
+    if not bool(torch.isfinite(scale).all()):  # NaN and ±Inf reach the group extremes
+        if not bool(torch.isfinite(rows).all()):
+            raise ValueError(_NOT_FINITE.format(name="x"))
         raise ValueError("the range of the tensor overflows its dtype; cannot compute a scale")
     scale = torch.where(amax == 0, torch.ones_like(scale), scale.clamp(min=tiny))
     if not spec.symmetric:
@@ -246,9 +263,9 @@ def quantize(x: torch.Tensor, spec: SpecLike) -> QuantizedTensor:
         Codes (int32, shape of ``x``), per-group scale and zero point.
     """
     spec = as_spec(spec)
-    _check_tensor(x, "x")
-    scale, zero_point = qparams(x, spec)
-    rows, shape = _group_view(x.detach().to(scale.dtype), spec)
+    _check_tensor(x, "x", finite=False)
+    rows, shape = _rows(x, spec)
+    scale, zero_point = _rows_qparams(rows, spec)
     codes = _codes(rows, scale[:, None], zero_point[:, None], spec)
     return QuantizedTensor(
         codes=_ungroup(codes, shape, spec).to(torch.int32),
@@ -274,9 +291,9 @@ def quantize_dequantize(x: torch.Tensor, spec: SpecLike) -> torch.Tensor:
     No gradient flows; use :func:`fake_quantize` for training.
     """
     spec = as_spec(spec)
-    _check_tensor(x, "x")
-    scale, zero_point = qparams(x, spec)
-    rows, shape = _group_view(x.detach().to(scale.dtype), spec)
+    _check_tensor(x, "x", finite=False)
+    rows, shape = _rows(x, spec)  # grouped once, for the scales and the rounding
+    scale, zero_point = _rows_qparams(rows, spec)
     s, z = scale[:, None], zero_point[:, None]
     # same arithmetic as quantize() + dequantize(), fused in place (one temporary)
     out = rows.mul(1.0 / s).round_().add_(z).clamp_(spec.qmin, spec.qmax).sub_(z).mul_(s)

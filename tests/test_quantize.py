@@ -196,6 +196,18 @@ def test_bad_spec_fields():
         ql.quantize_dequantize(torch.ones(3), "int8")
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("granularity", ["tensor", "channel", "group"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_non_finite_values_named_in_every_granularity(bad, granularity, symmetric):
+    x = torch.randn(4, 6, dtype=torch.float16)
+    x[2, 3] = bad
+    spec = ql.QuantSpec(4, symmetric, granularity, group_size=3)
+    for fn in (ql.quantize_dequantize, ql.quantize):
+        with pytest.raises(ValueError, match="x contains NaN or Inf"):
+            fn(x, spec)
+
+
 def test_bad_tensors():
     with pytest.raises(TypeError, match="floating-point"):
         ql.quantize_dequantize(torch.arange(6), 8)
