@@ -4,7 +4,7 @@ The full sweep of all-MiniLM-L6-v2 (baseline + bits 8, 6, 5, 4, 3, 2 x per-tenso
 per-group(128) = 19 settings) two ways:
 
 * ``quantlens.alpha.alpha_sweep``: each weight read once, the baseline analysed once, the
-  quantized variants made from shared per-group statistics, identical variants analysed once;
+  quantized variants made while the weight is in memory, identical variants analysed once;
 * naive: for every setting a quantized deep copy (``quantlens.quantize_model``) and a fresh
   ``weightwatcher.WeightWatcher(model=copy).analyze()`` (1 + 6 x 3 = 19 analyses), timed with
   torch's default threads and with torch at one thread (what alpha_sweep uses, so that
