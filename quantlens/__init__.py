@@ -10,7 +10,7 @@ sharpness), :mod:`~quantlens.train` (seeded training, evaluation, PTQ sweeps),
 :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
 
-from . import alpha, hessian, landscape, plotting, testing, widgets
+from . import alpha, hessian, landscape, numerics, plotting, seeds, testing, widgets
 from .alpha import (
     AlphaSimilarity,
     AlphaSweep,
@@ -64,6 +64,7 @@ from .models import (
     make_model,
     minilm_path,
 )
+from .numerics import Numerics, install_kernel, pinned_env, reproducible
 from .quantize import (
     GRANULARITIES,
     QUANTIZABLE_LAYERS,
@@ -85,12 +86,15 @@ from .quantize import (
     quantize_dequantize,
     quantize_model,
 )
+from .seeds import compare_over_seeds, over_seeds, seed_spread
 from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "alpha", "hessian", "landscape", "plotting", "testing", "widgets",
+    "alpha", "hessian", "landscape", "numerics", "plotting", "seeds", "testing", "widgets",
+    "compare_over_seeds", "over_seeds", "seed_spread",
+    "Numerics", "install_kernel", "pinned_env", "reproducible",
     "AlphaSimilarity", "AlphaSweep", "EmbeddingSimilarity", "SENTENCES", "alpha_summary",
     "alpha_sweep", "alpha_vs_similarity", "embedding_similarity", "encoder_linear_layers",
     "layer_kind", "weightwatcher_analyze",

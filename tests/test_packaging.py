@@ -21,7 +21,18 @@ def _req(spec: str) -> tuple[str, str]:
     return CONDA_NAMES.get(name, name), m.group(2).replace(" ", "")
 
 
-def test_environment_yml_matches_pyproject():
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"requirements.lock: not an exact pin: {line!r}"
+            pins[_req(name)[0]] = version.strip()
+    return pins
+
+
+def test_environment_yml_matches_pyproject_and_lock():
+    """Same packages as pyproject.toml, at exactly the versions of requirements.lock."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = project["dependencies"] + project["optional-dependencies"]["dev"]
     pip_side = dict(_req(s) for s in reqs)
@@ -34,7 +45,26 @@ def test_environment_yml_matches_pyproject():
             if name not in NOT_PYTHON:
                 conda_side[name] = ver
     assert "conda-forge" in env["channels"]
-    assert conda_side == pip_side
+    assert set(conda_side) == set(pip_side)
+    lock = _lock()
+    for name, ver in conda_side.items():
+        assert ver == f"=={lock[name]}", (name, ver, lock[name])
+
+
+def test_lock_pins_every_dependency_within_its_range():
+    from packaging.specifiers import SpecifierSet
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lock = _lock()
+    for spec in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        name, rng = _req(spec)
+        assert name in lock, f"{name} is not pinned in requirements.lock (run make lock)"
+        assert lock[name] in SpecifierSet(rng), f"{name}=={lock[name]} outside {rng}"
+
+
+def test_makefile_installs_with_the_lock():
+    make = (ROOT / "Makefile").read_text()
+    assert make.count("-c requirements.lock") >= 2
 
 
 def test_there_are_chapters():

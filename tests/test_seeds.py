@@ -1,0 +1,88 @@
+"""Experiments over seeds: tidy tables, spreads and paired verdicts checked by hand."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import quantlens as ql
+
+
+def _table():
+    # setting "big" is 1 higher than "small" on every seed; "noisy" straddles "small"
+    rows = []
+    for seed in range(5):
+        base = 0.1 * seed
+        rows += [{"seed": seed, "setting": "small", "v": base},
+                 {"seed": seed, "setting": "big", "v": base + 1.0},
+                 {"seed": seed, "setting": "noisy", "v": base + (0.05 if seed % 2 else -0.05)}]
+    return pd.DataFrame(rows)
+
+
+def test_over_seeds_accepts_rows_lists_and_frames():
+    one = ql.over_seeds(lambda s: {"x": s * 2}, seeds=3, progress=False)
+    assert list(one.columns) == ["seed", "x"] and one.x.tolist() == [0, 2, 4]
+    many = ql.over_seeds(lambda s: [{"x": s}, {"x": -s}], seeds=[3, 7], progress=False)
+    assert many.seed.tolist() == [3, 3, 7, 7] and many.x.tolist() == [3, -3, 7, -7]
+    frame = ql.over_seeds(lambda s: pd.DataFrame({"x": [s, s]}, index=[5, 6]), seeds=2,
+                          progress=False)
+    assert frame.index.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("seeds,err", [
+    (0, ValueError), ([], ValueError), ([1, 1], ValueError), (True, TypeError),
+    ([0.5], TypeError), ("abc", TypeError), (None, TypeError),
+])
+def test_over_seeds_bad_seeds(seeds, err):
+    with pytest.raises(err, match="seeds"):
+        ql.over_seeds(lambda s: {"x": s}, seeds=seeds, progress=False)
+
+
+def test_over_seeds_bad_experiment():
+    with pytest.raises(TypeError, match="experiment must be callable"):
+        ql.over_seeds(3, seeds=2)
+    with pytest.raises(TypeError, match="must return a mapping"):
+        ql.over_seeds(lambda s: 1.0, seeds=2, progress=False)
+    with pytest.raises(ValueError, match="'seed'"):
+        ql.over_seeds(lambda s: {"seed": s}, seeds=2, progress=False)
+
+
+def test_seed_spread_averages_within_a_seed_first():
+    df = pd.DataFrame({"seed": [0, 0, 1, 1], "m": ["a"] * 4, "w": [1.0, 3.0, 5.0, 7.0]})
+    out = ql.seed_spread(df, "w", "m")
+    # per-seed means 2 and 6: mean 4, sample std sqrt(8)
+    assert out.loc["a", "mean"] == 4.0 and out.loc["a", "std"] == pytest.approx(np.sqrt(8))
+    assert out.loc["a", "min"] == 2.0 and out.loc["a", "max"] == 6.0
+    assert out.loc["a", "seeds"] == 2
+
+
+def test_compare_over_seeds_verdicts():
+    df = _table()
+    big = ql.compare_over_seeds(df, "v", "setting", "big", "small").iloc[0]
+    assert big.verdict == "big higher" and big.a_higher == 5 and big.seeds == 5
+    assert big.diff_mean == pytest.approx(1.0) and big.diff_std == pytest.approx(0.0, abs=1e-12)
+    assert big.spread == pytest.approx(np.std([0.1 * s for s in range(5)], ddof=1))
+    rev = ql.compare_over_seeds(df, "v", "setting", "small", "big").iloc[0]
+    assert rev.verdict == "big higher" and rev.a_higher == 0
+    noisy = ql.compare_over_seeds(df, "v", "setting", "noisy", "small").iloc[0]
+    assert noisy.verdict == "within seed spread" and noisy.a_higher == 2
+
+
+def test_compare_over_seeds_same_sign_but_small_is_not_a_finding():
+    # +0.01 on every seed, but the seeds themselves spread by 0.16
+    df = pd.DataFrame([{"seed": s, "k": k, "v": 0.1 * s + (0.01 if k == "x" else 0.0)}
+                       for s in range(5) for k in ("x", "y")])
+    assert ql.compare_over_seeds(df, "v", "k", "x", "y").verdict.iloc[0] == "within seed spread"
+
+
+def test_compare_over_seeds_by_group_and_errors():
+    df = pd.concat([_table().assign(bits=4), _table().assign(bits=8)])
+    out = ql.compare_over_seeds(df, "v", "setting", "big", "small", by="bits")
+    assert list(out.index) == [4, 8] and set(out.verdict) == {"big higher"}
+    with pytest.raises(ValueError, match="a='huge' is not a value"):
+        ql.compare_over_seeds(df, "v", "setting", "huge", "small")
+    with pytest.raises(ValueError, match="no column"):
+        ql.compare_over_seeds(df, "nope", "setting", "big", "small")
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        ql.compare_over_seeds(df[df.seed == 0], "v", "setting", "big", "small")
+    with pytest.raises(TypeError, match="DataFrame"):
+        ql.seed_spread([1, 2], "v", "setting")
