@@ -67,7 +67,8 @@ def load_digits_split(test_size: float = 0.25, seed: int = 0) -> DigitsSplit:
 
 
 def digits_loaders(
-    batch_size: int = 64, test_size: float = 0.25, seed: int = 0, shuffle_train: bool = True
+    batch_size: int = 64, test_size: float = 0.25, seed: int = 0, shuffle_train: bool = True,
+    n_train: int | None = None,
 ) -> tuple[DataLoader, DataLoader]:
     """Train and test DataLoaders over :func:`load_digits_split`.
 
@@ -75,14 +76,18 @@ def digits_loaders(
     :func:`quantlens.fit` seeds, so a training run is reproducible; the test loader does not
     shuffle. Analyses that sum over the data (Hessians, landscapes) give bitwise repeatable
     results with ``shuffle_train=False``: the batches, and so the float summation order,
-    are then the same on every pass.
+    are then the same on every pass. ``n_train`` keeps only the first ``n_train`` training
+    images (the split is already shuffled and stratified), e.g. a fixed sample on which to
+    measure curvature cheaply.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     split = load_digits_split(test_size=test_size, seed=seed)
-    train = DataLoader(
-        TensorDataset(split.x_train, split.y_train), batch_size=batch_size, shuffle=shuffle_train
-    )
+    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int)
+                                or not 1 <= n_train <= len(split.y_train)):
+        raise ValueError(f"n_train must be an int in [1, {len(split.y_train)}], got {n_train!r}")
+    x, y = split.x_train[:n_train], split.y_train[:n_train]
+    train = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle_train)
     test = DataLoader(TensorDataset(split.x_test, split.y_test), batch_size=batch_size)
     return train, test
 

@@ -277,3 +277,50 @@ def plot_alpha_by_layer(layers: pd.DataFrame, granularity: str = "tensor", bits=
     ax.set_ylabel(r"$\alpha$")
     ax.legend(fontsize=6, ncol=2)
     return ax
+
+
+def plot_over_seeds(table: pd.DataFrame, x: str, y: str, hue: str | None = None,
+                    ax: plt.Axes | None = None, ylabel: str | None = None,
+                    log: bool = False) -> plt.Axes:
+    """Every seed as a dot, the mean over seeds as a line with a ±1 std band.
+
+    ``table`` is tidy (e.g. from :func:`quantlens.over_seeds`): columns ``seed``, ``x``, ``y``
+    and optionally ``hue`` (one colour per setting, colour-blind-safe palette). Rows of one
+    seed and setting are averaged first, so the band is the seed-to-seed spread.
+    """
+    import seaborn as sns
+
+    ax = _axes(ax)
+    keys = [hue] if hue else []
+    per_seed = table.groupby([*keys, x, "seed"], sort=False)[y].mean().reset_index()
+    groups = per_seed.groupby(hue, sort=False) if hue else [(None, per_seed)]
+    colors = sns.color_palette("colorblind", n_colors=max(1, per_seed[hue].nunique()
+                                                             if hue else 1))
+    xs = list(dict.fromkeys(per_seed[x]))
+    numeric = pd.api.types.is_numeric_dtype(per_seed[x])
+    pos = (lambda v: v) if numeric else {v: i for i, v in enumerate(xs)}.get
+    n_groups = len(colors)
+    for i, (name, g) in enumerate(groups):
+        shift = 0.0 if numeric else 0.08 * (i - (n_groups - 1) / 2)
+        px = np.array([pos(v) for v in g[x]], dtype=float) + shift
+        ax.scatter(px, g[y], s=12, color=colors[i], alpha=0.6, lw=0)
+        stats = g.groupby(x, sort=False)[y].agg(["mean", "std"])
+        sx = np.array([pos(v) for v in stats.index], dtype=float) + shift
+        order = np.argsort(sx)
+        ax.plot(sx[order], stats["mean"].to_numpy()[order], color=colors[i], marker="_",
+                label=None if name is None else str(name))
+        ax.fill_between(sx[order], (stats["mean"] - stats["std"].fillna(0)).to_numpy()[order],
+                        (stats["mean"] + stats["std"].fillna(0)).to_numpy()[order],
+                        color=colors[i], alpha=0.15, lw=0)
+    if not numeric:
+        ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel or y)
+    if hue:
+        ax.legend(fontsize=8, title=hue, title_fontsize=8)
+    n = table["seed"].nunique()
+    ax.text(0.99, 0.02, f"{n} seeds: dots; line and band: mean ± std", ha="right",
+            va="bottom", transform=ax.transAxes, fontsize=7, color="0.3")
+    return ax

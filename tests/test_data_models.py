@@ -26,6 +26,13 @@ def test_loaders_and_bad_arguments():
         ql.digits_loaders(batch_size=0)
     with pytest.raises(ValueError, match="test_size"):
         ql.load_digits_split(test_size=1.5)
+    sub, _ = ql.digits_loaders(batch_size=100, n_train=256, shuffle_train=False)
+    full = ql.load_digits_split()
+    xs = torch.cat([x for x, _ in sub])
+    assert xs.shape[0] == 256 and torch.equal(xs, full.x_train[:256])
+    for bad in (0, 1348, 2.0, True):
+        with pytest.raises(ValueError, match="n_train"):
+            ql.digits_loaders(n_train=bad)
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "transformer"])
