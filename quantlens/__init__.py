@@ -86,14 +86,14 @@ from .quantize import (
     quantize_dequantize,
     quantize_model,
 )
-from .seeds import compare_over_seeds, over_seeds, seed_spread
+from .seeds import compare_over_seeds, format_spread, over_seeds, seed_spread
 from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "alpha", "hessian", "landscape", "numerics", "plotting", "seeds", "testing", "widgets",
-    "compare_over_seeds", "over_seeds", "seed_spread",
+    "compare_over_seeds", "format_spread", "over_seeds", "seed_spread",
     "Numerics", "install_kernel", "pinned_env", "reproducible",
     "AlphaSimilarity", "AlphaSweep", "EmbeddingSimilarity", "SENTENCES", "alpha_summary",
     "alpha_sweep", "alpha_vs_similarity", "embedding_similarity", "encoder_linear_layers",

@@ -282,11 +282,14 @@ def plot_alpha_by_layer(layers: pd.DataFrame, granularity: str = "tensor", bits=
 def plot_over_seeds(table: pd.DataFrame, x: str, y: str, hue: str | None = None,
                     ax: plt.Axes | None = None, ylabel: str | None = None,
                     log: bool = False) -> plt.Axes:
-    """Every seed as a dot, the mean over seeds as a line with a ±1 std band.
+    """Every seed as a dot, with the mean and ±1 std over seeds.
 
     ``table`` is tidy (e.g. from :func:`quantlens.over_seeds`): columns ``seed``, ``x``, ``y``
     and optionally ``hue`` (one colour per setting, colour-blind-safe palette). Rows of one
-    seed and setting are averaged first, so the band is the seed-to-seed spread.
+    seed and setting are averaged first, so the spread shown is the seed-to-seed spread.
+    A numeric ``x`` (e.g. bits) gets a mean line with a ±1 std band; a categorical ``x``
+    (settings) gets a mean marker with a ±1 std bar, and each seed's dots are joined by a
+    faint line, since the settings of one seed form a paired experiment.
     """
     import seaborn as sns
 
@@ -306,12 +309,19 @@ def plot_over_seeds(table: pd.DataFrame, x: str, y: str, hue: str | None = None,
         ax.scatter(px, g[y], s=12, color=colors[i], alpha=0.6, lw=0)
         stats = g.groupby(x, sort=False)[y].agg(["mean", "std"])
         sx = np.array([pos(v) for v in stats.index], dtype=float) + shift
-        order = np.argsort(sx)
-        ax.plot(sx[order], stats["mean"].to_numpy()[order], color=colors[i], marker="_",
-                label=None if name is None else str(name))
-        ax.fill_between(sx[order], (stats["mean"] - stats["std"].fillna(0)).to_numpy()[order],
-                        (stats["mean"] + stats["std"].fillna(0)).to_numpy()[order],
-                        color=colors[i], alpha=0.15, lw=0)
+        mean, std = stats["mean"].to_numpy(), stats["std"].fillna(0).to_numpy()
+        label = None if name is None else str(name)
+        if numeric:
+            order = np.argsort(sx)
+            ax.plot(sx[order], mean[order], color=colors[i], marker="_", label=label)
+            ax.fill_between(sx[order], (mean - std)[order], (mean + std)[order],
+                            color=colors[i], alpha=0.15, lw=0)
+        else:
+            for _, one in g.groupby("seed", sort=False):
+                ax.plot([pos(v) + shift for v in one[x]], one[y], color=colors[i], lw=0.5,
+                        alpha=0.3)
+            ax.errorbar(sx, mean, yerr=std, fmt="D", color=colors[i], ms=5, capsize=4,
+                        label=label)
     if not numeric:
         ax.set_xticks(range(len(xs)), [str(v) for v in xs])
     if log:
@@ -321,6 +331,7 @@ def plot_over_seeds(table: pd.DataFrame, x: str, y: str, hue: str | None = None,
     if hue:
         ax.legend(fontsize=8, title=hue, title_fontsize=8)
     n = table["seed"].nunique()
-    ax.text(0.99, 0.02, f"{n} seeds: dots; line and band: mean ± std", ha="right",
+    what = "line and band" if numeric else "diamond and bar"
+    ax.text(0.99, 0.02, f"{n} seeds: dots (one per seed); {what}: mean ± std", ha="right",
             va="bottom", transform=ax.transAxes, fontsize=7, color="0.3")
     return ax

@@ -137,9 +137,8 @@ def compare_over_seeds(
         with ``d_s > 0``), ``seeds``, ``spread`` (the larger seed std) and ``verdict``
         (``"a higher"``, ``"b higher"`` with the settings' names, or ``"within seed spread"``).
     """
-    cols = _columns(df, [value, setting, "seed"], "value/setting")
+    _columns(df, [value, setting, "seed"], "value/setting")
     by = [] if by is None else _columns(df, by, "by")
-    del cols
     present = set(df[setting])
     for name, level in (("a", a), ("b", b)):
         if level not in present:
@@ -169,3 +168,15 @@ def compare_over_seeds(
                      "seeds": len(d), "spread": spread, "verdict": verdict})
     out = pd.DataFrame(rows)
     return out.set_index(by) if by else out
+
+
+def format_spread(spread: pd.DataFrame, digits: int = 1) -> pd.Series:
+    """``"mean ± std"`` strings, one per row of a :func:`seed_spread` table.
+
+    For tables and for sentences that quote a result (e.g. through myst-nb's ``glue``), so
+    the text shows exactly the numbers the table holds.
+    """
+    _columns(spread, ["mean", "std"], "spread")
+    if isinstance(digits, bool) or not isinstance(digits, int) or digits < 0:
+        raise ValueError(f"digits must be a non-negative int, got {digits!r}")
+    return spread.apply(lambda r: f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}", axis=1)

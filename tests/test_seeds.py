@@ -86,3 +86,29 @@ def test_compare_over_seeds_by_group_and_errors():
         ql.compare_over_seeds(df[df.seed == 0], "v", "setting", "big", "small")
     with pytest.raises(TypeError, match="DataFrame"):
         ql.seed_spread([1, 2], "v", "setting")
+
+
+def test_format_spread():
+    df = pd.DataFrame({"seed": [0, 1, 0, 1], "m": ["a", "a", "b", "b"], "w": [1.0, 2.0, 4.0, 4.0]})
+    text = ql.seeds.format_spread(ql.seed_spread(df, "w", "m"), digits=2)
+    assert text.to_dict() == {"a": "1.50 ± 0.71", "b": "4.00 ± 0.00"}
+    with pytest.raises(ValueError, match="digits"):
+        ql.seeds.format_spread(ql.seed_spread(df, "w", "m"), digits=-1)
+    with pytest.raises(ValueError, match="spread"):
+        ql.seeds.format_spread(df, 1)
+
+
+@pytest.mark.parametrize("x", ["bits", "setting"])
+def test_plot_over_seeds_draws_every_seed(x):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = _table().assign(bits=lambda d: d.setting.map({"small": 2, "big": 4, "noisy": 8}))
+    fig, ax = plt.subplots()
+    ql.plotting.plot_over_seeds(df, x, "v", ax=ax)
+    dots = [c for c in ax.collections if len(c.get_offsets()) == 15]
+    assert dots, "one dot per seed and setting"
+    assert ax.get_xlabel() == x and "5 seeds" in ax.texts[-1].get_text()
+    plt.close(fig)
