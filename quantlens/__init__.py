@@ -2,7 +2,8 @@
 
 Modules (one concept each): :mod:`~quantlens.quantize` (simulated quantization, STE, QAT,
 error reports), :mod:`~quantlens.alpha` (WeightWatcher's heavy-tailed α across bit widths),
-:mod:`~quantlens.data` (embedded digits data, sentences), :mod:`~quantlens.models`
+:mod:`~quantlens.data` (embedded digits data, sentences), :mod:`~quantlens.batches` (what a
+batch is: any DataLoader, any loss, bounded reading), :mod:`~quantlens.models`
 (reference models, pretrained loader), :mod:`~quantlens.landscape` (loss lines, planes,
 basin width), :mod:`~quantlens.hessian` (Hessian spectrum, trace, density, per-layer
 sharpness), :mod:`~quantlens.train` (seeded training, evaluation, PTQ sweeps),
@@ -10,7 +11,7 @@ sharpness), :mod:`~quantlens.train` (seeded training, evaluation, PTQ sweeps),
 :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
 
-from . import alpha, hessian, landscape, numerics, plotting, seeds, testing, widgets
+from . import alpha, batches, hessian, landscape, numerics, plotting, seeds, testing, widgets
 from .alpha import (
     AlphaSimilarity,
     AlphaSweep,
@@ -23,6 +24,7 @@ from .alpha import (
     layer_kind,
     weightwatcher_analyze,
 )
+from .batches import BatchLoss, batch_term, output_distance
 from .data import SENTENCES, DigitsSplit, digits_loaders, load_digits_split
 from .guard import ModelSnapshot, eval_mode, preserved
 from .hessian import (
@@ -92,8 +94,10 @@ from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits
 __version__ = "0.1.0"
 
 __all__ = [
-    "alpha", "hessian", "landscape", "numerics", "plotting", "seeds", "testing", "widgets",
+    "alpha", "batches", "hessian", "landscape", "numerics", "plotting", "seeds", "testing",
+    "widgets",
     "compare_over_seeds", "format_spread", "over_seeds", "seed_spread",
+    "BatchLoss", "batch_term", "output_distance",
     "Numerics", "install_kernel", "pinned_env", "reproducible",
     "AlphaSimilarity", "AlphaSweep", "EmbeddingSimilarity", "SENTENCES", "alpha_summary",
     "alpha_sweep", "alpha_vs_similarity", "embedding_similarity", "encoder_linear_layers",

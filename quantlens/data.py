@@ -2,8 +2,8 @@
 
 The data ship inside scikit-learn, so nothing is downloaded. Pixel values (0-16) are scaled
 to [0, 1] and shaped ``(N, 1, 8, 8)``; every model in :mod:`quantlens.models` accepts that
-shape. Every analysis in quantlens also accepts any other ``torch.utils.data.DataLoader``
-that yields ``(inputs, targets)`` pairs.
+shape. Every analysis in quantlens also accepts any other ``torch.utils.data.DataLoader``:
+see :mod:`quantlens.batches` for the batches it reads.
 """
 
 from __future__ import annotations
@@ -28,14 +28,6 @@ class DigitsSplit:
 
     def __repr__(self) -> str:
         return f"DigitsSplit(train={len(self.y_train)}, test={len(self.y_test)}, classes=10)"
-
-
-def check_loader(loader, name: str = "loader") -> None:
-    """Raise TypeError unless ``loader`` is a ``torch.utils.data.DataLoader``."""
-    if not isinstance(loader, DataLoader):
-        raise TypeError(
-            f"{name} must be a torch.utils.data.DataLoader, got {type(loader).__name__}"
-        )
 
 
 def load_digits_split(test_size: float = 0.25, seed: int = 0) -> DigitsSplit:

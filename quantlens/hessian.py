@@ -24,19 +24,29 @@ copies of the parameters, in eval mode, and restores every module's mode.
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import check_loader
+from .batches import (
+    BatchLoss,
+    batch_weights,
+    check_loader,
+    check_max_batches,
+    functional_term,
+    read_batches,
+    resolve_loss,
+    to_device,
+)
 from .guard import eval_mode
 from .quantize import quantizable_layers
 
@@ -128,25 +138,32 @@ class HessianOperator:
         Evaluated in eval mode (BatchNorm uses running statistics, dropout is off); never
         modified.
     loader : DataLoader, optional
-        Batches ``(inputs, targets)``; ``H`` is the exact example-weighted average over all.
-    batch : tuple, optional
-        A single ``(inputs, targets)`` batch instead of ``loader``.
-    loss_fn : callable
-        ``loss_fn(outputs, targets)`` returning the scalar batch mean.
+        Any batches :mod:`quantlens.batches` reads: ``(inputs, targets)``,
+        ``(inputs, targets, weights)``, Hugging Face dicts with ``labels``, or anything through
+        a :class:`~quantlens.BatchLoss`. ``H`` is the exact weighted average over all batches
+        read (all of them, or the first ``max_batches``), which are kept in memory.
+    batch : optional
+        A single batch instead of ``loader``.
+    loss_fn : callable or BatchLoss
+        A criterion ``loss_fn(outputs, targets)`` returning the scalar batch mean, or a
+        :class:`~quantlens.BatchLoss` (e.g. :func:`~quantlens.output_distance`, no labels).
     params : str or list of str, optional
         Parameter or module names to differentiate (default: every trainable parameter).
     method : {"double_backward", "forward_over_reverse"}
         How products are computed (see the module docstring).
+    max_batches : int, optional
+        Read at most this many batches (required for a loader without a length).
     """
 
     def __init__(
         self,
         model: nn.Module,
         loader: DataLoader | None = None,
-        batch: tuple[torch.Tensor, torch.Tensor] | None = None,
-        loss_fn: LossFn = nn.functional.cross_entropy,
+        batch: Any = None,
+        loss_fn: LossFn | BatchLoss = nn.functional.cross_entropy,
         params: str | Iterable[str] | None = None,
         method: str = "double_backward",
+        max_batches: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -156,6 +173,8 @@ class HessianOperator:
             raise ValueError("give exactly one of loader and batch")
         if loader is not None:
             check_loader(loader)
+        check_max_batches(max_batches)
+        resolve_loss(loss_fn)  # TypeError for a loss_fn that is not callable
         self.model, self.loss_fn, self.method = model, loss_fn, method
         chosen = _select_params(model, params)
         self.names = list(chosen)
@@ -164,38 +183,44 @@ class HessianOperator:
         self.n = sum(self.sizes)
         self.device = next(iter(chosen.values())).device
         self.dtype = next(iter(chosen.values())).dtype
+        if not self.dtype.is_floating_point:
+            raise TypeError(f"params must be floating point to differentiate, got {self.dtype}")
         self._theta = [p.detach().clone().requires_grad_(True) for p in chosen.values()]
-        batches = list(loader) if loader is not None else [tuple(batch)]
-        batches = [(x.to(self.device), y.to(self.device)) for x, y in batches]
-        self.n_examples = sum(len(y) for _, y in batches)
-        if self.n_examples == 0:
-            raise ValueError("loader is empty: no example to compute the Hessian on")
-        self._batches = [(x, y, len(y) / self.n_examples) for x, y in batches if len(y)]
+        self._term = functional_term(model, loss_fn)
+        if loader is not None:
+            batches = read_batches(loader, self.device, max_batches)
+        else:
+            batches = [to_device(batch, self.device)]
+        with eval_mode(self.model):
+            weights = batch_weights(self.model, batches, loss_fn)
+        total = sum(weights)
+        if total == 0:
+            raise ValueError("loader has no example of positive weight to compute the "
+                             "Hessian on")
+        self.n_examples = total
+        self._batches = [(b, w / total) for b, w in zip(batches, weights) if w > 0]
         self.n_hvp = 0
         self._flat_grad = None
         self.loss = self._init_loss()
 
     # -- evaluation ----------------------------------------------------------------------
-    def _batch_loss(self, theta: list[torch.Tensor], x, y) -> torch.Tensor:
-        out = functional_call(self.model, dict(zip(self.names, theta)), (x,))
-        loss = self.loss_fn(out, y)
-        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-            raise ValueError("loss_fn must return a scalar tensor (the batch mean)")
-        return loss
+    def _batch_loss(self, theta: list[torch.Tensor], batch: Any) -> torch.Tensor:
+        return self._term(dict(zip(self.names, theta)), batch).loss
 
     def _init_loss(self) -> float:
         total = 0.0
         grads = None
-        with eval_mode(self.model):
-            for x, y, w in self._batches:
-                loss = self._batch_loss(self._theta, x, y)
+        with eval_mode(self.model), _differentiable_twice():
+            for batch, w in self._batches:
+                loss = self._batch_loss(self._theta, batch)
                 if not bool(torch.isfinite(loss)):
                     value = float(loss.detach())
                     raise ValueError(f"loss is not finite ({value}) at these weights")
                 total += w * float(loss.detach())
                 if self.method == "double_backward":
-                    g = torch.autograd.grad(loss, self._theta, create_graph=True)
-                    flat = torch.cat([t.reshape(-1) for t in g]) * w
+                    g = torch.autograd.grad(loss, self._theta, create_graph=True,
+                                            allow_unused=True)
+                    flat = torch.cat([_grad_or_zero(t, p) for t, p in zip(g, self._theta)]) * w
                     grads = flat if grads is None else grads + flat
         self._flat_grad = grads
         return total
@@ -208,11 +233,12 @@ class HessianOperator:
         """The flat gradient ``∇_θ L``."""
         if self._flat_grad is not None:
             return self._flat_grad.detach().clone()
-        with eval_mode(self.model):
+        with eval_mode(self.model), _differentiable_twice():
             total = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-            for x, y, w in self._batches:
-                g = torch.autograd.grad(self._batch_loss(self._theta, x, y), self._theta)
-                total += w * torch.cat([t.reshape(-1) for t in g])
+            for batch, w in self._batches:
+                g = torch.autograd.grad(self._batch_loss(self._theta, batch), self._theta,
+                                        allow_unused=True)
+                total += w * torch.cat([_grad_or_zero(t, p) for t, p in zip(g, self._theta)])
         return total
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -221,15 +247,15 @@ class HessianOperator:
         self.n_hvp += 1
         if self.method == "double_backward":
             hv = torch.autograd.grad(self._flat_grad, self._theta, grad_outputs=v,
-                                     retain_graph=True)
-            return torch.cat([t.reshape(-1) for t in hv]).detach()
+                                     retain_graph=True, allow_unused=True)
+            return torch.cat([_grad_or_zero(t, p) for t, p in zip(hv, self._theta)]).detach()
         tangents = tuple(self.split(v))
         total = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        with eval_mode(self.model):
-            for x, y, w in self._batches:
-                def grad_fn(*theta, x=x, y=y):
+        with eval_mode(self.model), _differentiable_twice():
+            for batch, w in self._batches:
+                def grad_fn(*theta, batch=batch):
                     return torch.func.grad(
-                        lambda th: self._batch_loss(list(th), x, y))(theta)
+                        lambda th: self._batch_loss(list(th), batch))(theta)
                 with warnings.catch_warnings():
                     # torch.func.jvp registers decompositions with torch.jit.script, which
                     # torch itself deprecates; the warning is about torch's internals
@@ -243,10 +269,31 @@ class HessianOperator:
     __matmul__ = matvec
 
 
-def _as_operator(op_or_model, **kwargs) -> HessianOperator:
-    if isinstance(op_or_model, HessianOperator):
-        return op_or_model
-    return HessianOperator(op_or_model, **kwargs)
+def _differentiable_twice():
+    """Attention through ``scaled_dot_product_attention`` (Hugging Face models' default) uses
+    fused kernels whose backward has no derivative in torch; its "math" form is made of
+    ordinary differentiable operations, so second-order products go through it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+def _grad_or_zero(g: torch.Tensor | None, p: torch.Tensor) -> torch.Tensor:
+    """A flat gradient, zeros for a parameter the loss does not use."""
+    return torch.zeros(p.numel(), dtype=p.dtype, device=p.device) if g is None else g.reshape(-1)
+
+
+def _check_op(op: Any) -> None:
+    if not isinstance(op, HessianOperator):
+        hint = (" (a model: build the operator with HessianOperator(model, loader))"
+                if isinstance(op, nn.Module) else "")
+        raise TypeError(f"op must be a HessianOperator, got {type(op).__name__}{hint}")
+
+
+def _check_tol(tol: Any) -> None:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) \
+            or tol < 0:
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
 
 
 def _check_int(name: str, value, low: int = 1) -> None:
@@ -298,13 +345,16 @@ def lanczos(
     seed : int
         Seed of the start vector.
     """
+    _check_op(op)
     _check_int("k", k)
+    _check_tol(tol)
     if k > op.n:
         raise ValueError(f"k={k} is larger than the number of parameters ({op.n})")
     if which not in ("largest", "smallest"):
         raise ValueError(f"which must be 'largest' or 'smallest', got {which!r}")
+    if max_iter is not None:
+        _check_int("max_iter", max_iter, k)
     m = min(op.n, max_iter if max_iter is not None else max(4 * k, 30) + 50)
-    _check_int("max_iter", m, k)
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(op.n, generator=gen, dtype=torch.float64).to(op.dtype).to(op.device)
     history: list[np.ndarray] = []
@@ -395,8 +445,10 @@ def power_iteration(
     ``|λ_t - λ_{t-1}| < tol · |λ_{t-1}|``. Converges to the eigenvalue of largest *magnitude*
     at rate ``|λ_2/λ_1|`` per product, which is why Lanczos needs far fewer products.
     """
+    _check_op(op)
     _check_int("k", k)
     _check_int("max_iter", max_iter)
+    _check_tol(tol)
     if k > op.n:
         raise ValueError(f"k={k} is larger than the number of parameters ({op.n})")
     gen = torch.Generator().manual_seed(seed)
@@ -440,6 +492,7 @@ def hutchinson(op: HessianOperator, n_samples: int = 100, seed: int = 0) -> Trac
 
     The standard error is the sample standard deviation over ``sqrt(m)``.
     """
+    _check_op(op)
     _check_int("n_samples", n_samples, 2)
     gen = torch.Generator().manual_seed(seed)
     start = op.n_hvp
@@ -455,6 +508,7 @@ def hutchinson(op: HessianOperator, n_samples: int = 100, seed: int = 0) -> Trac
 
 def exact_trace(op: HessianOperator) -> TraceEstimate:
     """``tr(H) = Σ_i e_i^T H e_i`` with ``n`` products on the unit vectors (standard error 0)."""
+    _check_op(op)
     start = op.n_hvp
     diag = np.empty(op.n)
     for i in range(op.n):
@@ -474,6 +528,7 @@ def hutchpp(op: HessianOperator, n_hvp: int = 99, seed: int = 0) -> TraceEstimat
     ``(I - QQ^T) H (I - QQ^T)`` with the last ``m/3`` products. The standard error is that of
     the remainder's samples. Needs ``m >= 6``.
     """
+    _check_op(op)
     _check_int("n_hvp", n_hvp, 6)
     gen = torch.Generator().manual_seed(seed)
     k = n_hvp // 3
@@ -515,6 +570,7 @@ def spectral_density(
     the density ``(1/n) Σ_j δ(t - λ_j)`` smoothed by a Gaussian of width ``σ``
     (default: 1% of the spectral range). ``φ`` integrates to 1.
     """
+    _check_op(op)
     _check_int("n_iter", n_iter, 2)
     _check_int("n_runs", n_runs)
     gen = torch.Generator().manual_seed(seed)
@@ -548,9 +604,12 @@ def spectral_density(
 # convenience and per-layer
 # ---------------------------------------------------------------------------------------------
 def top_eigenvalues(model: nn.Module, loader: DataLoader, k: int = 1,
-                    loss_fn: LossFn = nn.functional.cross_entropy, **kwargs) -> EigenResult:
-    """``lanczos(HessianOperator(model, loader, loss_fn=loss_fn), k, **kwargs)``."""
-    return lanczos(HessianOperator(model, loader, loss_fn=loss_fn), k, **kwargs)
+                    loss_fn: LossFn | BatchLoss = nn.functional.cross_entropy,
+                    max_batches: int | None = None, **kwargs) -> EigenResult:
+    """``lanczos(HessianOperator(model, loader, loss_fn=loss_fn, max_batches=max_batches),
+    k, **kwargs)``."""
+    op = HessianOperator(model, loader, loss_fn=loss_fn, max_batches=max_batches)
+    return lanczos(op, k, **kwargs)
 
 
 def layer_sharpness(
@@ -562,6 +621,7 @@ def layer_sharpness(
     tol: float = 1e-4,
     seed: int = 0,
     progress: bool = True,
+    max_batches: int | None = None,
 ) -> pd.DataFrame:
     """Per-layer ``λ_max`` and trace of the diagonal Hessian block of each layer.
 
@@ -585,7 +645,8 @@ def layer_sharpness(
     for name in tqdm(names, desc="layers", disable=not progress, leave=False):
         if name not in modules:
             raise ValueError(f"layers: {name!r} is not a module of the model")
-        op = HessianOperator(model, loader, loss_fn=loss_fn, params=name)
+        op = HessianOperator(model, loader, loss_fn=loss_fn, params=name,
+                             max_batches=max_batches)
         eig = lanczos(op, 1, tol=tol, seed=seed)
         tr = exact_trace(op) if op.n <= trace_hvp else hutchpp(op, trace_hvp, seed=seed)
         rows.append({"layer": name, "type": type(modules[name]).__name__, "n_params": op.n,
@@ -604,6 +665,7 @@ def hessian_summary(
     tol: float = 1e-5,
     seed: int = 0,
     progress: bool = True,
+    max_batches: int | None = None,
 ) -> pd.DataFrame:
     """Loss, gradient norm, ``λ_max``, ``λ_min`` and ``tr(H)`` for several models.
 
@@ -612,9 +674,11 @@ def hessian_summary(
     ``lambda_max``/``lambda_min`` by :func:`lanczos`, ``trace ± trace_se`` by :func:`hutchpp`
     with ``trace_hvp`` products, and ``n_hvp`` in total. No model is modified.
     """
+    if not isinstance(models, Mapping) or not models:
+        raise TypeError("models must be a non-empty dict {name: nn.Module}")
     rows = []
     for name, model in tqdm(models.items(), desc="models", disable=not progress, leave=False):
-        op = HessianOperator(model, loader, loss_fn=loss_fn)
+        op = HessianOperator(model, loader, loss_fn=loss_fn, max_batches=max_batches)
         top = lanczos(op, 1, tol=tol, seed=seed)
         bottom = lanczos(op, 1, which="smallest", tol=tol, seed=seed)
         tr = hutchpp(op, trace_hvp, seed=seed)

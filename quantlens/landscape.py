@@ -19,6 +19,8 @@ mid-grid leaves it intact. No model is copied per grid point.
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,13 +32,21 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import check_loader
+from .batches import (
+    BatchLoss,
+    batch_weights,
+    check_loader,
+    check_max_batches,
+    functional_term,
+    read_batches,
+    resolve_loss,
+    totals,
+)
 from .guard import eval_mode, preserved
 from .quantize import QuantSpec, as_spec, quantizable_layers, quantize_dequantize
-from .train import _batch_sums
 
 Direction = dict[str, torch.Tensor]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | BatchLoss
 NORMALIZATIONS = ("filter", "layer", "model", None)
 
 
@@ -91,8 +101,8 @@ def random_direction(
     for name, p in params.items():
         d = torch.randn(p.shape, generator=gen, dtype=torch.float64)
         w = reference[name].detach().cpu().double()
-        if ignore_1d and p.ndim <= 1:
-            d.zero_()
+        if (ignore_1d and p.ndim <= 1) or not p.is_floating_point():
+            d.zero_()  # integer parameters cannot move
         elif normalization == "filter":
             d2, w2 = d.reshape(d.shape[0], -1), w.reshape(w.shape[0], -1)
             d2 *= (w2.norm(dim=1) / d2.norm(dim=1).clamp_min(1e-30))[:, None]
@@ -127,14 +137,24 @@ def direction_norm(direction: Direction) -> float:
 
 
 def orthogonalize(d2: Direction, d1: Direction) -> Direction:
-    """``d2 - (d2·d1 / d1·d1) d1``, keeping ``||d2||``: a second direction orthogonal to ``d1``."""
+    """``d2 - (d2·d1 / d1·d1) d1``, keeping ``||d2||``: a second direction orthogonal to ``d1``.
+
+    Raises ValueError when ``d1`` or ``d2`` is zero or ``d2`` is parallel to ``d1`` (the
+    orthogonal part below ``1e-6 ||d2||``), where no second direction exists.
+    """
     check_direction(d1, d2)
     n1 = _dot(d1, d1)
     if n1 == 0:
         raise ValueError("d1 is the zero direction")
     coef = _dot(d2, d1) / n1
     out = {k: d2[k] - coef * d1[k] for k in d2}
-    scale = _norm(d2) / max(_norm(out), 1e-30)
+    n2, rest = _norm(d2), _norm(out)
+    if n2 == 0:
+        raise ValueError("d2 is the zero direction")
+    if not rest > 1e-6 * n2:  # d2 lies (numerically) along d1: no second direction is left
+        raise ValueError(f"d2 is parallel to d1 (|cos| = {abs(_dot(d2, d1)) / (n2 * n1**0.5):.6f}"
+                         "): draw another d2, e.g. random_direction(model, seed=...)")
+    scale = n2 / rest
     return {k: v * scale for k, v in out.items()}
 
 
@@ -148,6 +168,10 @@ def check_direction(reference: Direction | nn.Module, direction: Direction) -> N
         raise ValueError(f"direction does not match the model: missing {missing[:5]}, "
                          f"unexpected {extra[:5]}")
     for k, v in direction.items():
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"direction[{k!r}] must be a tensor, got {type(v).__name__}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"direction[{k!r}] has non-finite entries")
         if tuple(v.shape) != tuple(ref[k].shape):
             raise ValueError(f"direction[{k!r}] has shape {tuple(v.shape)}, "
                              f"the model's is {tuple(ref[k].shape)}")
@@ -189,19 +213,22 @@ def moved_copy(model: nn.Module, directions: list[Direction], coefs: list[float]
     moved = copy.deepcopy(model)
     with torch.no_grad():
         for name, p in moved.named_parameters():
+            if not p.is_floating_point():
+                continue
             p.add_(sum(float(c) * d[name] for d, c in zip(directions, coefs)))
     return moved
 
 
 def hessian_direction(model: nn.Module, loader: DataLoader,
-                      loss_fn: LossFn = nn.functional.cross_entropy, seed: int = 0) -> Direction:
+                      loss_fn: LossFn = nn.functional.cross_entropy, seed: int = 0,
+                      max_batches: int | None = None) -> Direction:
     """The top eigenvector of the loss Hessian (unit norm) as a direction over all parameters.
 
     Parameters that do not require grad get a zero direction.
     """
     from .hessian import HessianOperator, lanczos
 
-    op = HessianOperator(model, loader, loss_fn=loss_fn)
+    op = HessianOperator(model, loader, loss_fn=loss_fn, max_batches=max_batches)
     vec = lanczos(op, 1, tol=1e-4, seed=seed).eigenvectors[:, 0]
     parts = dict(zip(op.names, op.split(vec)))
     return {k: parts.get(k, torch.zeros_like(p.detach())) for k, p in _params(model).items()}
@@ -236,15 +263,17 @@ class Landscape:
 
 
 def _grid(distance: float, steps: int) -> np.ndarray:
-    if not isinstance(distance, (int, float)) or isinstance(distance, bool) or not distance > 0:
-        raise ValueError(f"distance must be a positive number, got {distance!r}")
+    if isinstance(distance, (bool, np.bool_)) or not isinstance(distance, numbers.Real) \
+            or not (math.isfinite(float(distance)) and float(distance) > 0):
+        raise ValueError(f"distance must be a finite positive number, got {distance!r}")
+    distance = float(distance)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 3:
         raise ValueError(f"steps must be an int >= 3, got {steps!r}")
     return np.linspace(-distance, distance, steps)
 
 
 def _evaluate(model, batches, loss_fn) -> tuple[float, float]:
-    total, correct, n = _batch_sums(model, batches, loss_fn)
+    total, correct, n = totals(model, batches, loss_fn)
     return total / n, correct / n
 
 
@@ -252,6 +281,9 @@ def _point_params(base, directions, coords, idx, spec, mode, weight_names):
     out = {}
     for k, b in base.items():
         w = b.clone()
+        if not w.is_floating_point():
+            out[k] = w
+            continue
         for d, c, j in zip(directions, coords, idx):
             w.add_(d[k], alpha=float(c[j]))
         if mode == "requantize" and k in weight_names:
@@ -263,14 +295,17 @@ def _point_params(base, directions, coords, idx, spec, mode, weight_names):
 def _surface_vmap(model, batches, base, directions, coords, points, loss_fn, spec, mode,
                   weight_names, chunk, loss, acc, progress):
     """Evaluate ``chunk`` grid points per pass with ``vmap(functional_call)``."""
-    from torch.func import functional_call, vmap
+    from torch.func import vmap
 
-    def point_loss(p, x, y):
-        out = functional_call(model, p, (x,))
-        return loss_fn(out, y), (out.argmax(1) == y).sum()
+    term = functional_term(model, loss_fn)
 
-    batched = vmap(point_loss, in_dims=(0, None, None))
-    n = sum(len(y) for _, y in batches)
+    def point_loss(p, batch):
+        t = term(p, batch)
+        return t.loss, t.correct
+
+    batched = vmap(point_loss, in_dims=(0, None))
+    weights = batch_weights(model, batches, loss_fn)
+    n = sum(weights)
     starts = range(0, len(points), chunk)
     for start in tqdm(starts, desc="landscape", disable=not progress, leave=False):
         block = points[start:start + chunk]
@@ -279,16 +314,22 @@ def _surface_vmap(model, batches, base, directions, coords, points, loss_fn, spe
         stacked = {k: torch.stack([p[k] for p in per_point]) for k in base}
         total = torch.zeros(len(block), dtype=torch.float64)
         correct = torch.zeros(len(block), dtype=torch.float64)
-        for x, y in batches:
-            lo, co = batched(stacked, x, y)
-            total += lo.double().cpu() * len(y)
+        for batch, w in zip(batches, weights):
+            if w == 0:
+                continue
+            lo, co = batched(stacked, batch)
+            total += lo.double().cpu() * w
             correct += co.double().cpu()
         for i, idx in enumerate(block):
             loss[idx], acc[idx] = float(total[i]) / n, float(correct[i]) / n
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+def _channels_last(batch):
+    """The inputs of an ``(inputs, targets, ...)`` batch in channels-last layout if 4-D."""
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor) \
+            and batch[0].dim() == 4:
+        return (batch[0].contiguous(memory_format=torch.channels_last), *batch[1:])
+    return batch
 
 
 @contextmanager
@@ -323,8 +364,11 @@ def _surface(
     progress: bool,
     _hook: Callable[[int], None] | None = None,
     vectorize: bool = False,
+    max_batches: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     check_loader(loader)
+    check_max_batches(max_batches)
+    resolve_loss(loss_fn)
     params = _params(model)
     for d in directions:
         check_direction(params, d)
@@ -334,16 +378,16 @@ def _surface(
         raise ValueError(f"mode={mode!r} needs a quantization spec")
     spec = None if spec is None else as_spec(spec)
     device = next(iter(params.values())).device
-    batches = [(x.to(device), y.to(device)) for x, y in loader]
-    if not batches or sum(len(y) for _, y in batches) == 0:
-        raise ValueError("loader is empty")
+    batches = read_batches(loader, device, max_batches)
     weight_names = {f"{n}.weight" for n in quantizable_layers(model)} if spec else set()
     shape = tuple(len(c) for c in coords)
     loss = np.full(shape, np.nan)
     acc = np.full(shape, np.nan)
     with preserved(model), eval_mode(model), torch.no_grad(), _working_buffers(params) as fast:
         if fast:  # 4-D inputs in the layout the convolutions now expect
-            batches = [(_channels_last(x), y) for x, y in batches]
+            batches = [_channels_last(b) for b in batches]
+        if sum(batch_weights(model, batches, loss_fn)) == 0:
+            raise ValueError("loader has no example of positive weight")
         base = {k: p.detach().clone() for k, p in params.items()}
         if mode == "dequantized":  # the deployed point Q(θ), perturbed as floats
             base = {k: quantize_dequantize(v, spec) if k in weight_names else v
@@ -380,6 +424,7 @@ def loss_line(
     mode: str = "float",
     progress: bool = True,
     vectorize: bool = False,
+    max_batches: int | None = None,
 ) -> Landscape:
     """Loss and accuracy along ``θ + α d`` for ``α`` in ``linspace(-distance, distance, steps)``.
 
@@ -397,7 +442,7 @@ def loss_line(
     """
     alphas = _grid(distance, steps)
     loss, acc = _surface(model, loader, [direction], [alphas], loss_fn, spec, mode, progress,
-                         vectorize=vectorize)
+                         vectorize=vectorize, max_batches=max_batches)
     return Landscape(alphas=alphas, loss=loss, accuracy=acc, mode=mode)
 
 
@@ -413,6 +458,7 @@ def loss_plane(
     mode: str = "float",
     progress: bool = True,
     vectorize: bool = False,
+    max_batches: int | None = None,
 ) -> Landscape:
     """Loss and accuracy over ``θ + α d_1 + β d_2`` on a ``steps × steps`` grid.
 
@@ -420,7 +466,7 @@ def loss_plane(
     """
     alphas = _grid(distance, steps)
     loss, acc = _surface(model, loader, [d1, d2], [alphas, alphas], loss_fn, spec, mode,
-                         progress, vectorize=vectorize)
+                         progress, vectorize=vectorize, max_batches=max_batches)
     return Landscape(alphas=alphas, betas=alphas.copy(), loss=loss, accuracy=acc, mode=mode)
 
 
@@ -486,6 +532,7 @@ def basin_widths(
     mode: str = "float",
     seed: int = 0,
     progress: bool = True,
+    max_batches: int | None = None,
 ) -> pd.DataFrame:
     """Basin width along ``n_directions`` filter-normalized random directions (seeds
     ``seed, seed+1, ...``), one row per direction: ``seed, left, right, width, minimum``.
@@ -497,7 +544,8 @@ def basin_widths(
     rows = []
     for s in range(seed, seed + n_directions):
         d = random_direction(model, seed=s)
-        line = loss_line(model, loader, d, distance, steps, loss_fn, spec, mode, progress)
+        line = loss_line(model, loader, d, distance, steps, loss_fn, spec, mode, progress,
+                         max_batches=max_batches)
         b = basin_width(line, threshold, relative)
         rows.append({"seed": s, "left": b.left, "right": b.right, "width": b.width,
                      "minimum": b.minimum})

@@ -512,10 +512,36 @@ def quantize_model(
     qmodel = copy.deepcopy(model)
     qlayers = quantizable_layers(qmodel, layer_types)
     with torch.no_grad():
-        for name, s in specs.items():
-            w = qlayers[name].weight
-            w.copy_(quantize_dequantize(w, _layer_spec(qlayers[name], s)))
+        for names in tied_groups(qmodel, specs, layer_types).values():
+            layer = qlayers[names[0]]
+            w = layer.weight
+            w.copy_(quantize_dequantize(w, _layer_spec(layer, specs[names[0]])))
     return qmodel
+
+
+def tied_groups(
+    model: nn.Module,
+    specs: Mapping[str, QuantSpec],
+    layer_types: tuple[type[nn.Module], ...] = QUANTIZABLE_LAYERS,
+) -> dict[int, list[str]]:
+    """Group the layers of ``specs`` by the weight tensor they share (tied weights, e.g. an
+    embedding tied to the output projection), so a shared weight is quantized once, ``Q(W)``
+    rather than ``Q(Q(W))``. Raises ValueError when tied layers are given different specs
+    (one tensor cannot hold two quantization grids)."""
+    layers = quantizable_layers(model, layer_types)
+    groups: dict[int, list[str]] = {}
+    for name in specs:
+        groups.setdefault(id(layers[name].weight), []).append(name)
+    for names in groups.values():
+        first = _layer_spec(layers[names[0]], specs[names[0]])
+        for other in names[1:]:
+            if _layer_spec(layers[other], specs[other]) != first:
+                raise ValueError(
+                    f"spec: layers {names[0]!r} and {other!r} share one weight tensor (tied) "
+                    f"but are given different specs ({specs[names[0]].label()} vs "
+                    f"{specs[other].label()}); give tied layers the same spec"
+                )
+    return groups
 
 
 def _check_layer_weight(name: str, w: torch.Tensor) -> None:
@@ -543,6 +569,7 @@ def prepare_qat(
     specs = resolve_specs(model, spec, layer_types, **defaults)
     act_spec = None if activations is None else as_spec(activations)
     qat = copy.deepcopy(model)
+    tied_groups(qat, specs, layer_types)  # a shared latent weight: one spec for its layers
     layers = quantizable_layers(qat, layer_types)
     for name, s in specs.items():
         layer = layers[name]
@@ -555,25 +582,31 @@ def prepare_qat(
     return qat
 
 
-def calibrate_activations(model: nn.Module, loader, seed: int = 0) -> nn.Module:
+def calibrate_activations(model: nn.Module, loader, seed: int = 0,
+                          max_batches: int | None = None) -> nn.Module:
     """Set the ranges of a :func:`prepare_qat` model's activation quantizers from data.
 
     Runs ``model`` over ``loader`` in training mode without gradients (so every
     :class:`ActivationFakeQuant` updates its running min/max), then puts it in eval mode.
     Only the observers' buffers change (and BatchNorm statistics, if the model has any). The
     torch RNG is seeded for the pass (a shuffling loader then gives the same ranges every
-    time) and restored afterwards. Returns ``model``.
+    time) and restored afterwards. The model is called on each batch's inputs (the first
+    element of a tuple, the model's keywords of a mapping, as :mod:`quantlens.batches`); at
+    most ``max_batches`` batches are read. Returns ``model``.
     """
+    from .batches import _call_inputs, _device, iterate_batches, to_device
+
+    batches = iterate_batches(loader, max_batches)
     if not any(isinstance(m, ActivationFakeQuant) for m in model.modules()):
         raise ValueError("model has no activation quantizer: use prepare_qat(..., activations=)")
     rng = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    device = next(model.parameters()).device
+    device = _device(model)
     try:
         model.train()
         with torch.no_grad():
-            for x, *_ in loader:
-                model(x.to(device))
+            for batch in batches:
+                _call_inputs(model, to_device(batch, device))
     finally:
         torch.random.set_rng_state(rng)
         model.eval()
@@ -666,6 +699,9 @@ def quantization_error(x: torch.Tensor, spec: SpecLike, scale_bits: int = 32) ->
 
     ``scale_bits`` is the storage width of each scale (32 for FP32, 16 for FP16 scales).
     """
+    if isinstance(scale_bits, bool) or not isinstance(scale_bits, int) or \
+            not 1 <= scale_bits <= 64:
+        raise ValueError(f"scale_bits must be an int in [1, 64], got {scale_bits!r}")
     spec = as_spec(spec)
     qt = quantize(x, spec)
     ref = x.detach().to(qt.scale.dtype)
@@ -706,6 +742,7 @@ def error_report(
     ``fp32_bits``, the FP32 storage of the same weights).
     """
     specs = resolve_specs(model, spec, layer_types, **defaults)
+    tied_groups(model, specs, layer_types)  # tied layers: one spec, reported as Q(W) each
     layers = quantizable_layers(model, layer_types)
     rows = []
     for name, s in specs.items():

@@ -11,40 +11,31 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import check_loader
+from .batches import (
+    BatchLoss,
+    _device,
+    check_loader,
+    iterate_batches,
+    resolve_loss,
+    to_device,
+    totals,
+)
 from .guard import eval_mode
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | BatchLoss
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Mean loss and accuracy of a model over a whole DataLoader."""
+    """Mean loss and accuracy of a model over a DataLoader; ``n`` is the number (or total
+    weight) of examples read. ``accuracy`` is ``nan`` where undefined."""
 
     loss: float
     accuracy: float
-    n: int
+    n: float
 
     def __repr__(self) -> str:
         return f"Evaluation(loss={self.loss:.4f}, accuracy={100 * self.accuracy:.2f}%, n={self.n})"
-
-
-def _batch_sums(model: nn.Module, batches, loss_fn: LossFn) -> tuple[float, int, int]:
-    """``(Σ_b n_b · loss_b, correct top-1 predictions, Σ_b n_b)`` over ``batches``.
-
-    Correct predictions are counted for classification outputs (2-D logits, integer labels)
-    only. Changes no mode and no gradient setting: callers do that.
-    """
-    device = next(model.parameters()).device
-    total, correct, n = 0.0, 0, 0
-    for x, y in batches:
-        x, y = x.to(device), y.to(device)
-        out = model(x)
-        total += float(loss_fn(out, y)) * len(y)
-        if out.ndim == 2 and y.ndim == 1 and not y.is_floating_point():
-            correct += int((out.argmax(dim=1) == y).sum())
-        n += len(y)
-    return total, correct, n
 
 
 @torch.no_grad()
@@ -53,19 +44,26 @@ def evaluate(
     loader: DataLoader,
     loss_fn: LossFn = nn.functional.cross_entropy,
     progress: bool = False,
+    max_batches: int | None = None,
 ) -> Evaluation:
-    """Average loss ``(1/N) sum_i l(f(x_i), y_i)`` and top-1 accuracy over ``loader``.
+    """Average loss ``Σ_b w_b L_b / Σ_b w_b`` and top-1 accuracy over ``loader``.
 
-    The model is evaluated in eval mode; its modes are restored afterwards. ``loss_fn`` must
-    return the batch *mean*. Raises ValueError for an empty loader.
+    ``w_b`` is the number (or total weight) of the batch's examples and ``L_b`` its mean
+    loss, so with ``(x, y)`` batches the loss is ``(1/N) Σ_i ℓ(f(x_i), y_i)`` whatever the
+    batch sizes. Batches and ``loss_fn`` as in :mod:`quantlens.batches` (a criterion
+    returning the batch *mean*, or a :class:`~quantlens.BatchLoss`); accuracy is ``nan``
+    where it is undefined (no classification labels). At most ``max_batches`` batches are
+    read (required for a loader without a length). The model is evaluated in eval mode; its
+    modes are restored afterwards. Raises ValueError for an empty loader.
     """
-    check_loader(loader)
+    batches = iterate_batches(loader, max_batches)
+    resolve_loss(loss_fn)
     with eval_mode(model):
-        batches = tqdm(loader, desc="evaluate", disable=not progress, leave=False)
-        total, correct, n = _batch_sums(model, batches, loss_fn)
+        batches = tqdm(batches, desc="evaluate", disable=not progress, leave=False)
+        total, correct, n = totals(model, batches, loss_fn)
     if n == 0:
-        raise ValueError("loader is empty")
-    return Evaluation(loss=total / n, accuracy=correct / n, n=n)
+        raise ValueError("loader is empty (or all its examples have weight 0)")
+    return Evaluation(loss=total / n, accuracy=correct / n, n=int(n) if n.is_integer() else n)
 
 
 def fit(
@@ -78,41 +76,51 @@ def fit(
     test_loader: DataLoader | None = None,
     weight_decay: float = 0.0,
     progress: bool = False,
+    max_batches: int | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` in place with Adam (seeded), returning the per-epoch history.
 
     Training is the one operation in quantlens that changes the model it is given. The RNG
     state of torch is restored afterwards, so the seed does not leak into the caller.
+    Batches and ``loss_fn`` as in :mod:`quantlens.batches`; an epoch reads at most
+    ``max_batches`` batches (required for a loader without a length).
 
     Returns
     -------
     pandas.DataFrame
         Columns ``epoch, train_loss`` and, with ``test_loader``, ``test_loss, test_accuracy``.
     """
-    check_loader(train_loader, "train_loader")
+    iterate_batches(train_loader, max_batches, "train_loader")  # checks, reads nothing
+    if test_loader is not None:
+        check_loader(test_loader, "test_loader")
+    objective = resolve_loss(loss_fn)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise ValueError(f"lr must be a finite positive number, got {lr!r}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("model has no trainable parameter (requires_grad) to fit")
     rng = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    device = next(model.parameters()).device
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    device = _device(model)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr,
+                           weight_decay=weight_decay)
     history = []
     try:
         model.train()
         for epoch in tqdm(range(1, epochs + 1), desc="train", disable=not progress):
-            total, n = 0.0, 0
-            for x, y in train_loader:
-                x, y = x.to(device), y.to(device)
+            total, n = 0.0, 0.0
+            for batch in iterate_batches(train_loader, max_batches, "train_loader"):
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x), y)
-                loss.backward()
+                term = objective(model, to_device(batch, device))
+                if term.weight == 0:
+                    continue
+                term.loss.backward()
                 opt.step()
-                total += float(loss.detach()) * len(y)
-                n += len(y)
+                total += float(term.loss.detach()) * term.weight
+                n += term.weight
             if n == 0:
-                raise ValueError("train_loader is empty")
+                raise ValueError("train_loader is empty (or all its examples have weight 0)")
             row = {"epoch": epoch, "train_loss": total / n}
             if test_loader is not None:
                 ev = evaluate(model, test_loader, loss_fn)
@@ -159,6 +167,7 @@ def quantization_sweep(
     group_size: int = 32,
     loss_fn: LossFn = nn.functional.cross_entropy,
     progress: bool = True,
+    max_batches: int | None = None,
 ) -> pd.DataFrame:
     """Post-training weight quantization of ``model`` at each bit width and granularity.
 
@@ -174,11 +183,11 @@ def quantization_sweep(
     """
     from .quantize import QuantSpec, quantize_model
 
-    base = evaluate(model, loader, loss_fn)
+    base = evaluate(model, loader, loss_fn, max_batches=max_batches)
     rows = [{"bits": 32, "granularity": "fp32", "accuracy": base.accuracy, "loss": base.loss}]
     settings = [(b, g) for b in bits for g in granularities]
     for b, g in tqdm(settings, desc="PTQ sweep", disable=not progress, leave=False):
         spec = QuantSpec(b, symmetric, g, group_size=group_size)
-        ev = evaluate(quantize_model(model, spec), loader, loss_fn)
+        ev = evaluate(quantize_model(model, spec), loader, loss_fn, max_batches=max_batches)
         rows.append({"bits": b, "granularity": g, "accuracy": ev.accuracy, "loss": ev.loss})
     return pd.DataFrame(rows)
