@@ -88,7 +88,7 @@ from .quantize import (
     quantize_dequantize,
     quantize_model,
 )
-from .seeds import compare_over_seeds, format_spread, over_seeds, seed_spread
+from .seeds import compare_over_seeds, format_spread, over_seeds, seed_spread, verdict_phrase
 from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits_model
 
 __version__ = "0.1.0"
@@ -96,7 +96,7 @@ __version__ = "0.1.0"
 __all__ = [
     "alpha", "batches", "hessian", "landscape", "numerics", "plotting", "seeds", "testing",
     "widgets",
-    "compare_over_seeds", "format_spread", "over_seeds", "seed_spread",
+    "compare_over_seeds", "format_spread", "over_seeds", "seed_spread", "verdict_phrase",
     "BatchLoss", "batch_term", "output_distance",
     "Numerics", "install_kernel", "pinned_env", "reproducible",
     "AlphaSimilarity", "AlphaSweep", "EmbeddingSimilarity", "SENTENCES", "alpha_summary",

@@ -194,7 +194,7 @@ def _check_tensor(x: torch.Tensor, name: str, finite: bool = True) -> None:
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.numel() == 0:
-        raise ValueError(f"{name} is empty")
+        raise ValueError(f"{name} is empty (0 elements): nothing to quantize")
     if finite and not bool(torch.isfinite(x).all()):
         raise ValueError(_NOT_FINITE.format(name=name))
 

@@ -180,3 +180,34 @@ def format_spread(spread: pd.DataFrame, digits: int = 1) -> pd.Series:
     if isinstance(digits, bool) or not isinstance(digits, int) or digits < 0:
         raise ValueError(f"digits must be a non-negative int, got {digits!r}")
     return spread.apply(lambda r: f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}", axis=1)
+
+
+def verdict_phrase(row: pd.Series | pd.DataFrame, a: str | None = None, b: str | None = None,
+                   unit: str = "") -> str:
+    """State one :func:`compare_over_seeds` row in words, for glued prose.
+
+    ``a``/``b`` name the two settings (default: the verdict's own names ``"a"``/``"b"``);
+    ``unit`` follows the numbers (e.g. ``" points"``). Three cases, by the rule of
+    :func:`compare_over_seeds`: a finding ("a is higher on all 5 seeds, by 1.4 points on
+    average against a seed-to-seed spread of 0.6: a finding"), one sign but within the
+    spread ("... but by less than the seed-to-seed spread: not a finding"), and mixed signs
+    ("a is higher on 3 of 5 seeds: within the seed-to-seed spread, not a finding").
+    """
+    if isinstance(row, pd.DataFrame):
+        if len(row) != 1:
+            raise ValueError(f"row must be one comparison, got {len(row)} rows")
+        row = row.iloc[0]
+    _columns(row.to_frame().T, ["diff_mean", "diff_min", "diff_max", "a_higher", "seeds",
+                                "spread", "verdict"], "row")
+    a, b = a or "a", b or "b"
+    n, k, mean = int(row["seeds"]), int(row["a_higher"]), float(row["diff_mean"])
+    if not (row["diff_min"] > 0 or row["diff_max"] < 0):
+        ties = "" if k or row["diff_max"] < 0 else " (never lower: tied on the others)"
+        return (f"{a} is higher on {k} of {n} seeds{ties}: within the seed-to-seed spread, "
+                "not a finding")
+    winner = a if mean > 0 else b
+    size = (f"by {abs(mean):.2g}{unit} on average against a seed-to-seed spread of "
+            f"{row['spread']:.2g}{unit}")
+    if row["verdict"] == "within seed spread":
+        return f"{winner} is higher on all {n} seeds, {size}: not a finding"
+    return f"{winner} is higher on all {n} seeds, {size}: a finding"

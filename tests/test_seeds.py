@@ -112,3 +112,25 @@ def test_plot_over_seeds_draws_every_seed(x):
     assert dots, "one dot per seed and setting"
     assert ax.get_xlabel() == x and "5 seeds" in ax.texts[-1].get_text()
     plt.close(fig)
+
+
+def _comparison(diffs, spread_a=0.1):
+    rows = []
+    for seed, d in enumerate(diffs):
+        rows += [{"seed": seed, "s": "a", "v": 1.0 + d + spread_a * (seed - 2)},
+                 {"seed": seed, "s": "b", "v": 1.0 + spread_a * (seed - 2)}]
+    return ql.compare_over_seeds(pd.DataFrame(rows), "v", "s", "a", "b")
+
+
+def test_verdict_phrase_states_each_case():
+    finding = ql.verdict_phrase(_comparison([1.0, 1.1, 0.9, 1.2, 1.0]), "int8", "fp32")
+    assert finding.startswith("int8 is higher on all 5 seeds") and finding.endswith(": a finding")
+    small = ql.verdict_phrase(_comparison([0.01, 0.02, 0.01, 0.03, 0.02]), "int8", "fp32")
+    assert small.endswith(": not a finding") and "all 5 seeds" in small
+    mixed = ql.verdict_phrase(_comparison([1.0, -1.0, 0.5, 0.2, 0.3]), "int8", "fp32")
+    assert mixed == ("int8 is higher on 4 of 5 seeds: within the seed-to-seed spread, "
+                     "not a finding")
+    lower = ql.verdict_phrase(_comparison([-1.0, -1.1, -0.9, -1.2, -1.0]), "int8", "fp32")
+    assert lower.startswith("fp32 is higher on all 5 seeds")
+    with pytest.raises(ValueError, match="one comparison"):
+        ql.verdict_phrase(pd.concat([_comparison([1] * 5)] * 2))
