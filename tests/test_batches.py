@@ -332,3 +332,22 @@ def test_float64_fake_quant_differs_from_torch_only_by_the_float32_scale():
         s32, z32 = ql.qparams(w.float(), spec)
         assert torch.equal(same, torch.fake_quantize_per_tensor_affine(
             w.float(), float(s32[0]), int(z32[0]), spec.qmin, spec.qmax))
+
+
+def test_output_distance_on_minilm_matches_the_embedding_similarity_table():
+    """The label-free loss on a real pretrained encoder with tokenizer dict batches equals
+    1 - mean cosine of quantlens.alpha's independent sentence-embedding pipeline."""
+    from transformers import DataCollatorWithPadding
+
+    pre = ql.load_pretrained()
+    sentences = ql.SENTENCES[:8]
+    rows = [dict(pre.tokenizer(s, truncation=True, max_length=64)) for s in sentences]
+    loader = DataLoader(rows, batch_size=8, collate_fn=DataCollatorWithPadding(pre.tokenizer))
+    q = ql.quantize_model(pre.model, {n: 4 for n in ql.encoder_linear_layers(pre.model)})
+    with model_unchanged(pre.model), model_unchanged(q):
+        ev = ql.evaluate(q, loader, loss_fn=ql.output_distance(pre.model, "cosine"))
+    table = ql.embedding_similarity(pre, bits=(4,), granularities=("tensor",),
+                                    sentences=sentences, max_length=64, progress=False).table
+    cos = float(table.loc[table.bits == 4, "cos_mean"].iloc[0])
+    assert ev.n == 8 and 0.05 < ev.loss < 1
+    assert ev.loss == pytest.approx(1 - cos, abs=1e-5)
