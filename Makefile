@@ -79,7 +79,12 @@ nbval-perturbed: env
 test: lint unit nbval nbval-perturbed render
 
 # JupyterLab with pinned numerics (the chapters' `quantlens` kernel sets them as well).
+# JupyterLab on the chapters: book/*.md open as notebooks (Jupytext) on the pinned
+# `quantlens` kernel. Autosave is off (lab/overrides.json), so running a chapter never
+# rewrites its .ipynb, which is nbval's reference; only an explicit save does.
 lab: env
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp lab/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	$(PINNED) $(BIN)/jupyter lab book
 
 # Re-execute every chapter in place (after changing quantlens or a chapter's .md):

@@ -1,7 +1,17 @@
-"""Figures. Every function takes computed results and an optional Axes, and returns the Axes."""
+"""Figures. Every function takes computed results and an optional Axes, and returns the Axes.
+
+The book's figure conventions live here, once: :func:`book_style` (font sizes that stay at
+least 9 pt when the figure fills the book's content column, a colour-blind-safe palette) and
+:func:`panels` (multi-panel figures wrapped into rows of at most two panels at the column's
+width, instead of one wide row the page would shrink). A figure :data:`COLUMN_INCHES` wide is
+shown at about its natural size in the rendered book, so its text keeps the size set here.
+"""
 
 from __future__ import annotations
 
+import math
+
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -9,9 +19,75 @@ import torch
 
 from .quantize import QuantSpec, qparams, quantization_error, quantize_dequantize
 
+COLUMN_INCHES = 7.0
+"""Width of a figure that fills the book's content column at 100 dpi (700 px)."""
+
+# Okabe-Ito: distinguishable with every common colour-vision deficiency, and in grey print
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
+           "#000000")
+MARKERS = "osD^vP*X"
+
+BOOK_RC = {
+    "figure.figsize": (COLUMN_INCHES, 3.8),
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "font.size": 10,
+    "axes.titlesize": 10.5,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "legend.title_fontsize": 9,
+    "figure.titlesize": 11,
+    "axes.prop_cycle": mpl.cycler(color=list(PALETTE)),
+    "image.cmap": "viridis",
+    "lines.linewidth": 1.5,
+    "legend.frameon": False,
+}
+
+
+def book_style() -> None:
+    """Apply the book's figure conventions (:data:`BOOK_RC`) to matplotlib's defaults."""
+    mpl.rcParams.update(BOOK_RC)
+
+
+def panels(n: int, ncols: int | None = None, height: float = 3.4, **kwargs):
+    """A figure of ``n`` panels at the column's width, at most two panels per row.
+
+    Returns ``(fig, axes)`` with ``axes`` a flat list of ``n`` Axes (unused grid cells are
+    removed). ``height`` is per row; ``kwargs`` go to :func:`matplotlib.pyplot.subplots`
+    (e.g. ``sharey=True``). The figure uses constrained layout, so titles, labels and
+    colorbars never overlap.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    ncols = min(n, 2) if ncols is None else ncols
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or not 1 <= ncols <= n:
+        raise ValueError(f"ncols must be an int in [1, {n}], got {ncols!r}")
+    nrows = math.ceil(n / ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(COLUMN_INCHES, height * nrows),
+                             squeeze=False, layout="constrained", **kwargs)
+    axes = list(grid.ravel())
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
+
+
+def setting_colors(names) -> dict:
+    """One distinct palette colour per name, in order (FP32 / baseline names get black)."""
+    out, i = {}, 0
+    for name in names:
+        if str(name).upper().startswith(("FP32", "FP16", "BASELINE")):
+            out[name] = "#000000"
+        else:
+            out[name] = PALETTE[i % (len(PALETTE) - 1)]
+            i += 1
+    return out
+
 
 def _axes(ax):
-    return plt.subplots(figsize=(6.4, 3.6))[1] if ax is None else ax
+    return plt.subplots(figsize=(COLUMN_INCHES, 3.8), layout="constrained")[1] \
+        if ax is None else ax
 
 
 def plot_weight_histogram(
@@ -48,9 +124,9 @@ def plot_weight_histogram(
         0.01, 0.97,
         f"RMSE {e.rmse:.2e} (law {e.rms_law:.2e})\nSNR {e.snr_db:.1f} dB, "
         f"{e.levels_used} levels used",
-        transform=ax.transAxes, va="top", fontsize=8,
+        transform=ax.transAxes, va="top", fontsize=9,
     )
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(loc="upper right")
     return ax
 
 
@@ -67,7 +143,7 @@ def plot_error_vs_bits(table: pd.DataFrame, ax: plt.Axes | None = None) -> plt.A
                     label=f"$s/\\sqrt{{12}}$ {label}")
     ax.set_xlabel("bits $b$")
     ax.set_ylabel("RMS error (weight units, log)")
-    ax.legend(fontsize=7)
+    ax.legend()
     return ax
 
 
@@ -82,7 +158,7 @@ def plot_accuracy_table(table: pd.DataFrame, ax: plt.Axes | None = None,
     ax.set_xlabel("weight bits $b$")
     ax.set_ylabel("test accuracy (%)")
     ax.invert_xaxis()
-    ax.legend(fontsize=8)
+    ax.legend()
     return ax
 
 
@@ -99,19 +175,47 @@ def plot_convergence(results: dict, reference: float, ax: plt.Axes | None = None
         ax.semilogy(np.arange(1, len(err) + 1), np.maximum(err, 1e-16), "o-", ms=3, label=label)
     ax.set_xlabel("Hessian-vector products")
     ax.set_ylabel(r"relative error of $\lambda_{\max}$")
-    ax.legend(fontsize=8)
+    ax.legend()
     return ax
 
 
-def plot_density(densities: dict, ax: plt.Axes | None = None, floor: float = 1e-6) -> plt.Axes:
-    """Eigenvalue densities (stochastic Lanczos quadrature) on a log scale, one per label."""
+def plot_density(densities: dict, ax: plt.Axes | None = None, floor: float = 1e-6,
+                 kind: str = "nodes") -> plt.Axes:
+    """The Hessian eigenvalue distribution from stochastic Lanczos quadrature, one per label.
+
+    ``kind="nodes"`` (default) draws the quadrature itself: every Ritz value ``θ_i`` as a
+    stem of height ``τ_i`` (its share of the ``n`` eigenvalues, log scale), so the bulk near
+    0 (weights close to 1) and the few outliers far right (weights ~1/n) are both visible
+    and can be compared between models; the largest node of each model is marked.
+    ``kind="smoothed"`` draws the Gaussian-smoothed density ``φ`` instead.
+    """
+    if kind not in ("nodes", "smoothed"):
+        raise ValueError(f"kind must be 'nodes' or 'smoothed', got {kind!r}")
     ax = _axes(ax)
-    for label, d in densities.items():
-        ax.semilogy(d.grid, np.maximum(d.density, floor), label=label, lw=1.2)
-    ax.set_ylim(bottom=floor)
+    colors = setting_colors(densities)
+    if kind == "smoothed":
+        for label, d in densities.items():
+            ax.semilogy(d.grid, np.maximum(d.density, floor), label=label, lw=1.2,
+                        color=colors[label])
+        ax.set_ylim(bottom=floor)
+        ax.set_ylabel(r"density $\phi(\lambda)$ (log)")
+    else:
+        n = len(densities)
+        for i, (label, d) in enumerate(densities.items()):
+            shift = 0.0 if n == 1 else 0.012 * (i - (n - 1) / 2) * (d.nodes.max() - d.nodes.min())
+            w = np.maximum(d.weights, floor)
+            ax.vlines(d.nodes + shift, floor, w, color=colors[label], lw=1.0, alpha=0.8)
+            ax.plot(d.nodes + shift, w, MARKERS[i % len(MARKERS)], color=colors[label], ms=4,
+                    label=label)
+            top = int(np.argmax(d.nodes))
+            ax.annotate(f"{d.nodes[top]:.3g}", (d.nodes[top] + shift, w[top]),
+                        textcoords="offset points", xytext=(0, 6), ha="center", fontsize=9,
+                        color=colors[label])
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=floor)
+        ax.set_ylabel(r"weight $\tau_i$ of the Ritz value (log)")
     ax.set_xlabel(r"eigenvalue $\lambda$ of the loss Hessian")
-    ax.set_ylabel(r"density $\phi(\lambda)$ (log)")
-    ax.legend(fontsize=8)
+    ax.legend()
     return ax
 
 
@@ -126,7 +230,7 @@ def plot_layer_sharpness(table: pd.DataFrame, column: str = "lambda_max",
     ax.set_xlabel("layer")
     ax.set_ylabel({"lambda_max": r"$\lambda_{\max}$ of the layer block (log)",
                    "trace": "trace of the layer block (log)"}.get(column, column))
-    ax.legend(fontsize=8)
+    ax.legend()
     return ax
 
 
@@ -145,33 +249,47 @@ def plot_lines(lines: dict, ax: plt.Axes | None = None, metric: str = "loss",
     ax.set_xlabel(xlabel)
     ax.set_ylabel("loss (cross-entropy" + (", log)" if log else ")") if metric == "loss"
                   else "accuracy (%)")
-    ax.legend(fontsize=7)
+    ax.legend()
     return ax
 
 
 def plot_contour(plane, ax: plt.Axes | None = None, levels: int | list = 12, log: bool = True,
-                 marks: dict | None = None, title: str | None = None) -> plt.Axes:
-    """Contour plot of a 2-D landscape with labelled levels.
+                 marks: dict | None = None, title: str | None = None,
+                 colorbar: bool = True, norm=None) -> plt.Axes:
+    """Filled contour plot of a 2-D landscape with a colorbar and labelled level lines.
 
-    ``log`` contours ``log10(loss)`` (labels show the loss itself); ``marks`` maps a label to
-    an ``(α, β)`` point drawn on the plane (the origin is always marked).
+    ``log`` contours ``log10(loss)`` (colorbar and labels show the loss itself); ``marks``
+    maps a label to an ``(α, β)`` point drawn on the plane (the origin is always marked).
+    Pass the same ``norm`` (e.g. ``matplotlib.colors.Normalize(vmin, vmax)`` of log10 loss)
+    to several planes so that one colour means one loss in all of them.
     """
     ax = _axes(ax)
     a, b = np.meshgrid(plane.alphas, plane.betas, indexing="ij")
     z = np.log10(plane.loss) if log else plane.loss
-    cs = ax.contour(a, b, z, levels=levels, cmap="viridis", linewidths=0.9)
+    filled = ax.contourf(a, b, z, levels=levels, cmap="viridis", norm=norm)
+    lines = ax.contour(a, b, z, levels=filled.levels, colors="white", linewidths=0.5,
+                       alpha=0.7)
     fmt = (lambda v: f"{10 ** v:.2g}") if log else (lambda v: f"{v:.2g}")
-    ax.clabel(cs, cs.levels[::2], fmt=fmt, fontsize=7)
-    ax.plot(0, 0, "k+", ms=10, mew=1.5)
+    ax.clabel(lines, lines.levels[::3], fmt=fmt, fontsize=9)
+    ax.plot(0, 0, "w+", ms=11, mew=2)
     for i, (label, (x, y)) in enumerate((marks or {}).items()):
-        ax.plot(x, y, "o", color=f"C{i + 3}", ms=6, label=label)
+        ax.plot(x, y, MARKERS[i % len(MARKERS)], color=PALETTE[(i + 1) % len(PALETTE)],
+                mec="white", ms=8, label=label)
     if marks:
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(loc="lower right", frameon=True)
+    if colorbar:
+        cb = ax.figure.colorbar(filled, ax=ax, shrink=0.9)
+        if log:
+            ticks = cb.get_ticks()
+            cb.set_ticks(ticks, labels=[f"{10 ** t:.2g}" for t in ticks])
+            cb.set_label("loss (log scale)")
+        else:
+            cb.set_label("loss")
     ax.set_xlabel(r"$\alpha$ (along $d_1$)")
     ax.set_ylabel(r"$\beta$ (along $d_2$)")
     ax.set_aspect("equal")
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
     return ax
 
 
@@ -186,7 +304,7 @@ def plot_surface(plane, ax=None, log: bool = True, title: str | None = None):
     ax.set_ylabel(r"$\beta$")
     ax.set_zlabel(r"$\log_{10}$ loss" if log else "loss")
     if title:
-        ax.set_title(title, fontsize=9)
+        ax.set_title(title)
     return ax
 
 
@@ -229,10 +347,10 @@ def plot_alpha_histograms(layers: pd.DataFrame, granularity: str = "tensor",
     _alpha_band(ax)
     edges = np.linspace(min(1.0, df["alpha"].min()), max(8.0, df["alpha"].max()), 36)
     sns.histplot(data=df, x="alpha", hue="setting", bins=edges, element="step", fill=False,
-                 ax=ax, palette="viridis")
+                 ax=ax, palette=setting_colors(dict.fromkeys(df["setting"])), lw=1.6)
     ax.set_xlabel(r"WeightWatcher $\alpha$ of a layer")
     ax.set_ylabel("layers")
-    ax.set_title(f"per-{granularity}" if granularity != "none" else "", fontsize=9)
+    ax.set_title(f"per-{granularity}" if granularity != "none" else "")
     return ax
 
 
@@ -244,15 +362,16 @@ def plot_alpha_scatter(layers: pd.DataFrame, granularity: str = "tensor", bits=(
     for i, b in enumerate(bits):
         q = layers[(layers["granularity"] == granularity) & (layers["bits"] == b)]
         q = q.set_index("layer")["alpha"]
-        ax.plot(base.reindex(q.index), q, "o", ms=4, alpha=0.8,
-                color=plt.cm.viridis(i / max(len(bits) - 1, 1)), label=f"int{b}")
+        ax.plot(base.reindex(q.index), q, MARKERS[i % len(MARKERS)], ms=5, alpha=0.8,
+                color=PALETTE[i % len(PALETTE)], mfc="none" if i % 2 else None,
+                label=f"int{b}")
     lo, hi = np.nanmin(base), np.nanmax(base)
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="unchanged")
     _alpha_band(ax, vertical=False)
     ax.set_xlabel(r"baseline $\alpha$ (FP32)")
     ax.set_ylabel(r"quantized $\alpha$")
-    ax.set_title(f"per-{granularity}", fontsize=9)
-    ax.legend(fontsize=7)
+    ax.set_title(f"per-{granularity}")
+    ax.legend()
     return ax
 
 
@@ -265,7 +384,7 @@ def plot_alpha_by_layer(layers: pd.DataFrame, granularity: str = "tensor", bits=
     kinds = list(dict.fromkeys(df[hue])) if hue in df else [None]
     markers = "osD^v<>ph*"
     for s_i, (setting, g) in enumerate(df.groupby("setting", sort=False)):
-        color = "k" if setting == "FP32" else plt.cm.viridis(0.15 + 0.7 * s_i / len(bits))
+        color = "k" if setting == "FP32" else PALETTE[(s_i - 1) % len(PALETTE)]
         ax.plot(g["layer_id"], g["alpha"], "-", color=color, lw=0.6, alpha=0.6)
         for k_i, kind in enumerate(kinds):
             gk = g if kind is None else g[g[hue] == kind]
@@ -275,7 +394,7 @@ def plot_alpha_by_layer(layers: pd.DataFrame, granularity: str = "tensor", bits=
     _alpha_band(ax, vertical=False)
     ax.set_xlabel("layer position (WeightWatcher layer id)")
     ax.set_ylabel(r"$\alpha$")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(ncol=2)
     return ax
 
 
@@ -291,14 +410,13 @@ def plot_over_seeds(table: pd.DataFrame, x: str, y: str, hue: str | None = None,
     (settings) gets a mean marker with a ±1 std bar, and each seed's dots are joined by a
     faint line, since the settings of one seed form a paired experiment.
     """
-    import seaborn as sns
 
     ax = _axes(ax)
     keys = [hue] if hue else []
     per_seed = table.groupby([*keys, x, "seed"], sort=False)[y].mean().reset_index()
     groups = per_seed.groupby(hue, sort=False) if hue else [(None, per_seed)]
-    colors = sns.color_palette("colorblind", n_colors=max(1, per_seed[hue].nunique()
-                                                             if hue else 1))
+    n_colors = max(1, per_seed[hue].nunique() if hue else 1)
+    colors = [PALETTE[i % len(PALETTE)] for i in range(n_colors)]
     xs = list(dict.fromkeys(per_seed[x]))
     numeric = pd.api.types.is_numeric_dtype(per_seed[x])
     pos = (lambda v: v) if numeric else {v: i for i, v in enumerate(xs)}.get
@@ -329,9 +447,9 @@ def plot_over_seeds(table: pd.DataFrame, x: str, y: str, hue: str | None = None,
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or y)
     if hue:
-        ax.legend(fontsize=8, title=hue, title_fontsize=8)
+        ax.legend(title=hue)
     n = table["seed"].nunique()
     what = "line and band" if numeric else "diamond and bar"
     ax.text(0.99, 0.02, f"{n} seeds: dots (one per seed); {what}: mean ± std", ha="right",
-            va="bottom", transform=ax.transAxes, fontsize=7, color="0.3")
+            va="bottom", transform=ax.transAxes, fontsize=9, color="0.3")
     return ax

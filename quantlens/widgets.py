@@ -14,9 +14,22 @@ from .plotting import plot_weight_histogram
 from .quantize import QuantSpec, quantization_error
 
 
+class Explorer(widgets.VBox):
+    """An explorer's controls and output. Its plain-text form, which a notebook shows where
+    no widget can be drawn (a saved notebook before its cells run, a terminal), is one line
+    saying what it is and how to use it instead of the widget tree."""
+
+    def __init__(self, children, name: str) -> None:
+        super().__init__(children)
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"[{self._name}: run this cell in a live kernel to use the explorer]"
+
+
 def quantization_explorer(
     weight: torch.Tensor, name: str = "weight", group_size: int = 32
-) -> widgets.VBox:
+) -> Explorer:
     """Bits slider, granularity and symmetry choices that redraw the weight histogram.
 
     The readout under the figure gives RMSE, the uniform-noise law, max error, SNR, levels
@@ -50,11 +63,11 @@ def quantization_explorer(
     for control in (bits, gran, sym):
         control.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([bits, gran, sym]), readout, out])
+    return Explorer([widgets.HBox([bits, gran, sym]), readout, out], "quantization explorer")
 
 
 def hessian_explorer(model, loader, bits=(32, 8, 6, 4, 3, 2), group_size: int = 32,
-                     k: int = 5) -> widgets.VBox:
+                     k: int = 5) -> Explorer:
     """Pick bit width, granularity and layer; show the top-``k`` Hessian eigenvalues.
 
     For the chosen setting the model's weights are quantized (a copy;
@@ -100,11 +113,11 @@ def hessian_explorer(model, loader, bits=(32, 8, 6, 4, 3, 2), group_size: int = 
     for control in (w_bits, w_gran, w_layer):
         control.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([w_bits, w_gran, w_layer]), out])
+    return Explorer([widgets.HBox([w_bits, w_gran, w_layer]), out], "Hessian explorer")
 
 
 def landscape_explorer(model, loader, bits=(8, 6, 4, 3, 2), granularity: str = "tensor",
-                       threshold: float = 0.1) -> widgets.VBox:
+                       threshold: float = 0.1) -> Explorer:
     """Distance, steps, seed and bits; redraw 1-D slices of FP32 and the quantized model.
 
     Along one filter-normalized random direction (``seed``) three lines are drawn: the FP32
@@ -146,11 +159,11 @@ def landscape_explorer(model, loader, bits=(8, 6, 4, 3, 2), granularity: str = "
     for control in (w_dist, w_steps, w_seed, w_bits):
         control.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([w_dist, w_steps]), widgets.HBox([w_seed, w_bits]),
-                         readout, out])
+    return Explorer([widgets.HBox([w_dist, w_steps]), widgets.HBox([w_seed, w_bits]),
+                     readout, out], "landscape explorer")
 
 
-def alpha_explorer(layers, bits=(8, 6, 5, 4, 3, 2), kind_column: str = "kind") -> widgets.VBox:
+def alpha_explorer(layers, bits=(8, 6, 5, 4, 3, 2), kind_column: str = "kind") -> Explorer:
     """Pick bit width, granularity and layer kind; show per-layer ``α`` against the baseline.
 
     ``layers`` is :attr:`quantlens.alpha.AlphaSweep.layers`, optionally with a column
@@ -189,4 +202,4 @@ def alpha_explorer(layers, bits=(8, 6, 5, 4, 3, 2), kind_column: str = "kind") -
     for control in (w_bits, w_gran, w_kind):
         control.observe(redraw, names="value")
     redraw()
-    return widgets.VBox([widgets.HBox([w_bits, w_gran, w_kind]), readout, out])
+    return Explorer([widgets.HBox([w_bits, w_gran, w_kind]), readout, out], "α explorer")

@@ -76,3 +76,13 @@ def test_alpha_explorer_reacts():
     gran.value = "channel"
     bits.value = 2
     assert "1 layers" in readout.value
+
+
+def test_explorer_text_form_is_one_helpful_line():
+    import torch
+
+    ex = ql.widgets.quantization_explorer(torch.randn(16, 8))
+    text = ex._repr_mimebundle_()["text/plain"] if hasattr(ex, "_repr_mimebundle_") \
+        else repr(ex)
+    assert text == "[quantization explorer: run this cell in a live kernel to use the explorer]"
+    assert isinstance(ex, ql.widgets.widgets.VBox)
