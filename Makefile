@@ -58,8 +58,10 @@ render: env
 	$(BIN)/jupyter-book build . -W --keep-going --config _build_render_config.yml; \
 	status=$$?; rm -f _build_render_config.yml; exit $$status
 
+# Chapters' code is linted at 78 columns: the width of the code box in the rendered book.
 lint: env
 	$(BIN)/ruff check quantlens tests benchmarks
+	$(BIN)/ruff check --line-length 78 book/*.ipynb
 
 unit: env
 	$(BIN)/pytest tests
@@ -85,7 +87,7 @@ test: lint unit nbval nbval-perturbed render
 lab: env
 	mkdir -p $(VENV)/share/jupyter/lab/settings
 	cp lab/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
-	$(PINNED) $(BIN)/jupyter lab book
+	$(PINNED) $(BIN)/jupyter lab book $(LAB_ARGS)
 
 # Re-execute every chapter in place (after changing quantlens or a chapter's .md):
 # the .ipynb outputs are the nbval reference, so they must come from a real run.

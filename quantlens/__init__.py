@@ -11,7 +11,18 @@ sharpness), :mod:`~quantlens.train` (seeded training, evaluation, PTQ sweeps),
 :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
 
-from . import alpha, batches, hessian, landscape, numerics, plotting, seeds, testing, widgets
+from . import (
+    alpha,
+    batches,
+    hessian,
+    landscape,
+    numerics,
+    plotting,
+    seeds,
+    tables,
+    testing,
+    widgets,
+)
 from .alpha import (
     AlphaSimilarity,
     AlphaSweep,
@@ -94,7 +105,8 @@ from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits
 __version__ = "0.1.0"
 
 __all__ = [
-    "alpha", "batches", "hessian", "landscape", "numerics", "plotting", "seeds", "testing",
+    "alpha", "batches", "hessian", "landscape", "numerics", "plotting", "seeds", "tables",
+    "testing",
     "widgets",
     "compare_over_seeds", "format_spread", "over_seeds", "seed_spread", "verdict_phrase",
     "BatchLoss", "batch_term", "output_distance",

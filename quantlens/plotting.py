@@ -119,14 +119,9 @@ def plot_weight_histogram(
     ax.set_xlabel("weight value")
     ax.set_ylabel("count (log scale)")
     e = quantization_error(weight, spec)
-    ax.set_title(title or spec.label())
-    ax.text(
-        0.01, 0.97,
-        f"RMSE {e.rmse:.2e} (law {e.rms_law:.2e})\nSNR {e.snr_db:.1f} dB, "
-        f"{e.levels_used} levels used",
-        transform=ax.transAxes, va="top", fontsize=9,
-    )
-    ax.legend(loc="upper right")
+    ax.set_title(f"{title or spec.label()}\nRMSE {e.rmse:.1e} (law {e.rms_law:.1e}), "
+                 f"SNR {e.snr_db:.1f} dB, {e.levels_used} levels")
+    ax.legend(loc="upper left")
     return ax
 
 
