@@ -5,10 +5,10 @@ It returns a DataFrame of *strings* — so nbval, which compares a table's text,
 compares every number — with
 
 * human headers (snake_case result columns get words and units, see :data:`HEADERS`),
-* one number format per column: fixed decimals chosen from the column's largest magnitude
-  for ``digits`` significant digits, or scientific notation for a column whose values span
-  more than three decades (``8.42e-04`` beside ``5.25e-05``, not ``0.0008418`` beside
-  ``5.247e-05``),
+* one number format per column: fixed decimals giving ``digits`` significant digits of the
+  column's largest value and at least two of its smallest, or scientific notation for a
+  column that would need more than four decimals or spans more than three decades
+  (``8.42e-04`` beside ``5.25e-05``, not ``0.0008418`` beside ``5.247e-05``),
 * a dash for missing values (``NaN``, ``<NA>``, ``None``), ``0`` for ``-0``,
   ``yes``/``no`` for booleans,
 * a multi-level index flattened into one readable label (``int8 · sym · per-tensor``).
@@ -94,9 +94,13 @@ def _column_format(values: pd.Series, digits: int):
     if np.all(present == np.round(present)) and finite.max() < 1e15:  # whole numbers
         return lambda v: f"{v:,.0f}"
     top, bottom = finite.max(), finite.min()
-    if top >= 1e6 or top < 1e-3 or top / bottom > 1e3:
+    # decimals for `digits` significant digits of the largest value, and at least two of
+    # the smallest; a column that would need more than 4 decimals (or spans more than
+    # three decades) is written in scientific notation instead
+    decimals = max(0, digits - 1 - math.floor(math.log10(top)),
+                   1 - math.floor(math.log10(bottom)))
+    if top >= 1e6 or decimals > 4 or top / bottom > 1e3:
         return lambda v: f"{v:.{digits - 1}e}"
-    decimals = max(0, digits - 1 - math.floor(math.log10(top)))
     return lambda v: f"{v:.{decimals}f}"
 
 

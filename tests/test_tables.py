@@ -29,6 +29,10 @@ def test_for_readers_formats_each_column_once():
     assert list(out.index) == ["8 · sym · tensor", "4 · asym · channel", "2 · sym"]
     assert out.index.name == "bits · sym · gran"
     assert df["mean_a"].iloc[0] == 0.0008418  # the input is not modified
+    small = ql.tables.for_readers(pd.DataFrame({"x": [0.1173, 0.04604, 2.702],
+                                                "y": [0.00132, 3.58e-05, 0.0111]}))
+    assert list(small["x"]) == ["0.117", "0.046", "2.702"]  # no value loses its digits
+    assert list(small["y"]) == ["1.32e-03", "3.58e-05", "1.11e-02"]
 
 
 def test_for_readers_rejects_bad_arguments():
