@@ -120,8 +120,8 @@ def plot_weight_histogram(
     ax.set_xlabel("weight value")
     ax.set_ylabel("count (log scale)")
     e = quantization_error(weight, spec)
-    ax.set_title(f"{title or spec.label()}\nRMSE {e.rmse:.1e} (law {e.rms_law:.1e}), "
-                 f"SNR {e.snr_db:.1f} dB, {e.levels_used} levels")
+    ax.set_title(f"{title or spec.label()}\nRMSE {e.rmse:.1e} (law {e.rms_law:.1e})\n"
+                 f"SNR {e.snr_db:.1f} dB, {e.levels_used} levels used")
     ax.legend(loc="upper left")
     return ax
 
