@@ -7,6 +7,7 @@ batch is: any DataLoader, any loss, bounded reading), :mod:`~quantlens.models`
 (reference models, pretrained loader), :mod:`~quantlens.landscape` (loss lines, planes,
 basin width), :mod:`~quantlens.hessian` (Hessian spectrum, trace, density, per-layer
 sharpness), :mod:`~quantlens.train` (seeded training, evaluation, PTQ sweeps),
+:mod:`~quantlens.sam` (sharpness-aware minimization, SAM/ASAM),
 :mod:`~quantlens.guard` (leave the caller's model unchanged), :mod:`~quantlens.plotting`,
 :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
@@ -99,6 +100,7 @@ from .quantize import (
     quantize_dequantize,
     quantize_model,
 )
+from .sam import SAM
 from .seeds import compare_over_seeds, format_spread, over_seeds, seed_spread, verdict_phrase
 from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits_model
 
@@ -109,7 +111,7 @@ __all__ = [
     "testing",
     "widgets",
     "compare_over_seeds", "format_spread", "over_seeds", "seed_spread", "verdict_phrase",
-    "BatchLoss", "batch_term", "output_distance",
+    "BatchLoss", "batch_term", "output_distance", "SAM",
     "Numerics", "install_kernel", "pinned_env", "reproducible",
     "AlphaSimilarity", "AlphaSweep", "EmbeddingSimilarity", "SENTENCES", "alpha_summary",
     "alpha_sweep", "alpha_vs_similarity", "embedding_similarity", "encoder_linear_layers",

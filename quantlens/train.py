@@ -21,6 +21,7 @@ from .batches import (
     totals,
 )
 from .guard import eval_mode
+from .sam import SAM
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | BatchLoss
 
@@ -77,8 +78,17 @@ def fit(
     weight_decay: float = 0.0,
     progress: bool = False,
     max_batches: int | None = None,
+    optimizer: str = "adam",
+    momentum: float = 0.9,
+    rho: float | None = None,
+    adaptive: bool = False,
 ) -> pd.DataFrame:
-    """Train ``model`` in place with Adam (seeded), returning the per-epoch history.
+    """Train ``model`` in place (seeded), returning the per-epoch history.
+
+    ``optimizer`` is ``"adam"`` or ``"sgd"`` (with ``momentum``). With ``rho`` the step is
+    sharpness-aware (:class:`quantlens.SAM` around that optimizer; ``adaptive=True`` for
+    ASAM), two forward/backward passes per batch, BatchNorm statistics updated by the first
+    only. ``rho=None`` (default) is the plain optimizer.
 
     Training is the one operation in quantlens that changes the model it is given. The RNG
     state of torch is restored afterwards, so the seed does not leak into the caller.
@@ -102,21 +112,43 @@ def fit(
         raise ValueError("model has no trainable parameter (requires_grad) to fit")
     rng = torch.random.get_rng_state()
     torch.manual_seed(seed)
+    if optimizer not in ("adam", "sgd"):
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     device = _device(model)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr,
-                           weight_decay=weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "adam":
+        opt = torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sam = None if rho is None else SAM(opt, rho=rho, adaptive=adaptive, model=model)
     history = []
     try:
         model.train()
         for epoch in tqdm(range(1, epochs + 1), desc="train", disable=not progress):
             total, n = 0.0, 0.0
             for batch in iterate_batches(train_loader, max_batches, "train_loader"):
-                opt.zero_grad(set_to_none=True)
-                term = objective(model, to_device(batch, device))
-                if term.weight == 0:
-                    continue
-                term.loss.backward()
-                opt.step()
+                batch = to_device(batch, device)
+                if sam is not None:
+                    terms = []
+
+                    def closure(batch=batch, terms=terms):
+                        opt.zero_grad(set_to_none=True)
+                        t = objective(model, batch)
+                        t.loss.backward()
+                        terms.append(t)
+                        return t.loss
+
+                    sam.step(closure)
+                    term = terms[0]
+                    if term.weight == 0:
+                        continue
+                else:
+                    opt.zero_grad(set_to_none=True)
+                    term = objective(model, batch)
+                    if term.weight == 0:
+                        continue
+                    term.loss.backward()
+                    opt.step()
                 total += float(term.loss.detach()) * term.weight
                 n += term.weight
             if n == 0:
