@@ -52,6 +52,16 @@ def _mlp():
     return nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
 
 
+def _closure(opt, model, x, y):
+    """The closure SAM.step calls: zero the gradients, loss, backward, return the loss."""
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+    return closure
+
+
 def _batches(n=4):
     g = torch.Generator().manual_seed(1)
     return [(torch.randn(16, 5, generator=g), torch.randint(0, 3, (16,), generator=g))
@@ -67,17 +77,9 @@ def test_rho_zero_is_the_base_optimizer_bitwise(make):
     opt_a = make(a.parameters())
     sam = ql.SAM(make(b.parameters()), rho=0.0, model=b)
     for x, y in _batches():
-        opt_a.zero_grad()
-        F.cross_entropy(a(x), y).backward()
+        _closure(opt_a, a, x, y)()
         opt_a.step()
-
-        def closure(x=x, y=y):
-            sam.zero_grad()
-            loss = F.cross_entropy(b(x), y)
-            loss.backward()
-            return loss
-
-        sam.step(closure)
+        sam.step(_closure(sam, b, x, y))
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(pa, pb)
 
@@ -87,14 +89,7 @@ def test_second_pass_leaves_batchnorm_statistics_alone_and_weights_are_restored(
     ref = copy.deepcopy(model)
     x, y = _batches(1)[0]
     sam = ql.SAM(torch.optim.SGD(model.parameters(), lr=0.0), rho=0.5, model=model)
-
-    def closure():
-        sam.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        return loss
-
-    sam.step(closure)
+    sam.step(_closure(sam, model, x, y))
     ref(x)  # one forward pass in train mode at w: the statistics SAM must end with
     for k in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
         assert torch.equal(model.state_dict()[k], ref.state_dict()[k]), k
@@ -112,14 +107,7 @@ def test_sam_perturbs_the_latent_weights_of_a_qat_model():
     qat[0].register_forward_pre_hook(lambda m, args: seen.append(m.weight.detach().clone()))
     sam = ql.SAM(torch.optim.SGD(qat.parameters(), lr=0.0), rho=0.2)
     before = latent.detach().clone()
-
-    def closure():
-        sam.zero_grad()
-        loss = F.cross_entropy(qat(x), y)
-        loss.backward()
-        return loss
-
-    sam.step(closure)
+    sam.step(_closure(sam, qat, x, y))
     assert torch.equal(latent, before)  # restored
     assert len(seen) == 2 and not torch.equal(seen[0], seen[1])  # Q(w) then Q(w + e)
     assert torch.equal(seen[0], ql.quantize_dequantize(before, 3))
