@@ -292,8 +292,8 @@ def _point_params(base, directions, coords, idx, spec, mode, weight_names):
     return out
 
 
-def _surface_vmap(model, batches, base, directions, coords, points, loss_fn, spec, mode,
-                  weight_names, chunk, loss, acc, progress):
+def _surface_vmap(model, batches, weights, base, directions, coords, points, loss_fn, spec,
+                  mode, weight_names, chunk, loss, acc, progress):
     """Evaluate ``chunk`` grid points per pass with ``vmap(functional_call)``."""
     from torch.func import vmap
 
@@ -304,7 +304,6 @@ def _surface_vmap(model, batches, base, directions, coords, points, loss_fn, spe
         return t.loss, t.correct
 
     batched = vmap(point_loss, in_dims=(0, None))
-    weights = batch_weights(model, batches, loss_fn)
     n = sum(weights)
     starts = range(0, len(points), chunk)
     for start in tqdm(starts, desc="landscape", disable=not progress, leave=False):
@@ -386,7 +385,8 @@ def _surface(
     with preserved(model), eval_mode(model), torch.no_grad(), _working_buffers(params) as fast:
         if fast:  # 4-D inputs in the layout the convolutions now expect
             batches = [_channels_last(b) for b in batches]
-        if sum(batch_weights(model, batches, loss_fn)) == 0:
+        weights = batch_weights(model, batches, loss_fn)
+        if sum(weights) == 0:
             raise ValueError("loader has no example of positive weight")
         base = {k: p.detach().clone() for k, p in params.items()}
         if mode == "dequantized":  # the deployed point Q(θ), perturbed as floats
@@ -397,8 +397,8 @@ def _surface(
         chunk = int(max(1, min(64, 2**26 // max(n_params, 1))))  # <= 256 MiB of float32
         if vectorize and _hook is None:
             try:
-                _surface_vmap(model, batches, base, directions, coords, points, loss_fn, spec,
-                              mode, weight_names, chunk, loss, acc, progress)
+                _surface_vmap(model, batches, weights, base, directions, coords, points,
+                              loss_fn, spec, mode, weight_names, chunk, loss, acc, progress)
                 return loss, acc
             except (RuntimeError, TypeError, NotImplementedError):
                 loss[...] = np.nan  # this model cannot be vmapped: fall back to the loop

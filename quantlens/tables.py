@@ -61,11 +61,11 @@ HEADERS: dict[str, str] = {
 }
 
 
-def _header(name) -> str:
+def _header(name, names: Mapping[str, str] = HEADERS) -> str:
     if isinstance(name, tuple):
-        return " · ".join(_header(n) for n in name if str(n) != "")
+        return " · ".join(_header(n, names) for n in name if str(n) != "")
     key = str(name)
-    return HEADERS.get(key, key.replace("_", " "))
+    return names.get(key, key.replace("_", " "))
 
 
 def _label(value) -> str:
@@ -158,9 +158,8 @@ def for_readers(
         numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(
             values)
         fmt = _column_format(values, digits) if numeric else None
-        header = names.get(col) if not isinstance(col, tuple) else None
-        out[header or _header(col)] = [_cell(v, fmt) if numeric else _text(v)
-                                       for v in values]
+        out[_header(col, names)] = [_cell(v, fmt) if numeric else _text(v)
+                                   for v in values]
     if index_name is None:
         index_name = _header(tuple(n for n in df.index.names if n is not None))
     out.index.name = index_name or None
