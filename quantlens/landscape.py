@@ -43,7 +43,15 @@ from .batches import (
     totals,
 )
 from .guard import eval_mode, preserved
-from .quantize import QuantSpec, as_spec, quantizable_layers, quantize_dequantize
+from .quantize import (
+    BitMap,
+    QuantSpec,
+    _layer_spec,
+    as_spec,
+    quantizable_layers,
+    quantize_dequantize,
+    resolve_specs,
+)
 
 Direction = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | BatchLoss
@@ -277,7 +285,7 @@ def _evaluate(model, batches, loss_fn) -> tuple[float, float]:
     return total / n, correct / n
 
 
-def _point_params(base, directions, coords, idx, spec, mode, weight_names):
+def _point_params(base, directions, coords, idx, mode, weight_specs):
     out = {}
     for k, b in base.items():
         w = b.clone()
@@ -286,14 +294,24 @@ def _point_params(base, directions, coords, idx, spec, mode, weight_names):
             continue
         for d, c, j in zip(directions, coords, idx):
             w.add_(d[k], alpha=float(c[j]))
-        if mode == "requantize" and k in weight_names:
-            w = quantize_dequantize(w, spec)
+        if mode == "requantize" and k in weight_specs:
+            w = quantize_dequantize(w, weight_specs[k])
         out[k] = w
     return out
 
 
-def _surface_vmap(model, batches, weights, base, directions, coords, points, loss_fn, spec,
-                  mode, weight_names, chunk, loss, acc, progress):
+def _weight_specs(model: nn.Module, spec: BitMap | None) -> dict[str, QuantSpec]:
+    """``{parameter name: spec}`` of the weights ``spec`` quantizes (all quantizable layers
+    for one spec; the named layers for a mapping ``{layer: spec or bits}``)."""
+    if spec is None:
+        return {}
+    layers = quantizable_layers(model)
+    return {f"{name}.weight": _layer_spec(layers[name], s)
+            for name, s in resolve_specs(model, spec).items()}
+
+
+def _surface_vmap(model, batches, weights, base, directions, coords, points, loss_fn,
+                  mode, weight_specs, chunk, loss, acc, progress):
     """Evaluate ``chunk`` grid points per pass with ``vmap(functional_call)``."""
     from torch.func import vmap
 
@@ -308,7 +326,7 @@ def _surface_vmap(model, batches, weights, base, directions, coords, points, los
     starts = range(0, len(points), chunk)
     for start in tqdm(starts, desc="landscape", disable=not progress, leave=False):
         block = points[start:start + chunk]
-        per_point = [_point_params(base, directions, coords, idx, spec, mode, weight_names)
+        per_point = [_point_params(base, directions, coords, idx, mode, weight_specs)
                      for idx in block]
         stacked = {k: torch.stack([p[k] for p in per_point]) for k in base}
         total = torch.zeros(len(block), dtype=torch.float64)
@@ -358,7 +376,7 @@ def _surface(
     directions: list[Direction],
     coords: list[np.ndarray],
     loss_fn: LossFn,
-    spec: QuantSpec | int | None,
+    spec: BitMap | None,
     mode: str,
     progress: bool,
     _hook: Callable[[int], None] | None = None,
@@ -375,10 +393,9 @@ def _surface(
         raise ValueError(f"mode must be 'float', 'dequantized' or 'requantize', got {mode!r}")
     if mode != "float" and spec is None:
         raise ValueError(f"mode={mode!r} needs a quantization spec")
-    spec = None if spec is None else as_spec(spec)
+    weight_specs = _weight_specs(model, spec)
     device = next(iter(params.values())).device
     batches = read_batches(loader, device, max_batches)
-    weight_names = {f"{n}.weight" for n in quantizable_layers(model)} if spec else set()
     shape = tuple(len(c) for c in coords)
     loss = np.full(shape, np.nan)
     acc = np.full(shape, np.nan)
@@ -390,7 +407,7 @@ def _surface(
             raise ValueError("loader has no example of positive weight")
         base = {k: p.detach().clone() for k, p in params.items()}
         if mode == "dequantized":  # the deployed point Q(θ), perturbed as floats
-            base = {k: quantize_dequantize(v, spec) if k in weight_names else v
+            base = {k: quantize_dequantize(v, weight_specs[k]) if k in weight_specs else v
                     for k, v in base.items()}
         points = list(np.ndindex(*shape))
         n_params = sum(v.numel() for v in base.values())
@@ -398,7 +415,7 @@ def _surface(
         if vectorize and _hook is None:
             try:
                 _surface_vmap(model, batches, weights, base, directions, coords, points,
-                              loss_fn, spec, mode, weight_names, chunk, loss, acc, progress)
+                              loss_fn, mode, weight_specs, chunk, loss, acc, progress)
                 return loss, acc
             except (RuntimeError, TypeError, NotImplementedError):
                 loss[...] = np.nan  # this model cannot be vmapped: fall back to the loop
@@ -406,7 +423,7 @@ def _surface(
                                      leave=False)):
             if _hook is not None:
                 _hook(i)
-            new = _point_params(base, directions, coords, idx, spec, mode, weight_names)
+            new = _point_params(base, directions, coords, idx, mode, weight_specs)
             for k, p in params.items():
                 p.copy_(new[k])
             loss[idx], acc[idx] = _evaluate(model, batches, loss_fn)
@@ -420,7 +437,7 @@ def loss_line(
     distance: float = 1.0,
     steps: int = 21,
     loss_fn: LossFn = nn.functional.cross_entropy,
-    spec: QuantSpec | int | None = None,
+    spec: BitMap | None = None,
     mode: str = "float",
     progress: bool = True,
     vectorize: bool = False,
@@ -431,7 +448,9 @@ def loss_line(
     ``mode``: ``"float"`` evaluates the model as given; ``"dequantized"`` starts from
     ``Q(θ)`` and perturbs those float weights (the curvature picture of the deployed point);
     ``"requantize"`` perturbs the latent float weights and re-quantizes at every point,
-    ``Q(θ + α d)`` (what a deployed model would actually compute). Both need ``spec``.
+    ``Q(θ + α d)`` (what a deployed model would actually compute). Both need ``spec``: one
+    spec (or bit width) for every quantizable layer, or a mapping ``{layer name: spec}`` that
+    quantizes only the named layers (as :func:`quantlens.quantize_model`).
     The model is restored bitwise afterwards, also after an exception.
 
     ``vectorize=True`` evaluates chunks of grid points per pass with
@@ -454,7 +473,7 @@ def loss_plane(
     distance: float = 1.0,
     steps: int = 21,
     loss_fn: LossFn = nn.functional.cross_entropy,
-    spec: QuantSpec | int | None = None,
+    spec: BitMap | None = None,
     mode: str = "float",
     progress: bool = True,
     vectorize: bool = False,
@@ -528,7 +547,7 @@ def basin_widths(
     threshold: float = 0.1,
     relative: bool = False,
     loss_fn: LossFn = nn.functional.cross_entropy,
-    spec: QuantSpec | int | None = None,
+    spec: BitMap | None = None,
     mode: str = "float",
     seed: int = 0,
     progress: bool = True,

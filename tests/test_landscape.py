@@ -101,6 +101,22 @@ def test_quantized_modes_and_special_directions():
     assert ls._norm(h) == pytest.approx(1.0, rel=1e-5)
 
 
+def test_per_layer_spec_quantizes_only_the_named_layers():
+    model, loader = _setup()
+    spec = {"3": ql.QuantSpec(2)}  # only the Linear layer, as quantize_model
+    d = ls.random_direction(model, seed=1)
+    for mode in ("dequantized", "requantize"):
+        line = ls.loss_line(model, loader, d, 0.5, 5, spec=spec, mode=mode, progress=False)
+        base = ql.quantize_model(model, spec)
+        assert line.loss[2] == pytest.approx(ql.evaluate(base, loader).loss, rel=1e-6)
+    direct = ql.quantize_model(_perturbed(model, [d], [0.5]), spec)
+    assert line.loss[-1] == pytest.approx(ql.evaluate(direct, loader).loss, rel=1e-6)
+    every = ls.loss_line(model, loader, d, 0.5, 5, spec=2, mode="requantize", progress=False)
+    assert every.loss[-1] != pytest.approx(line.loss[-1], rel=1e-6)
+    with pytest.raises(ValueError, match="not quantizable layers"):
+        ls.loss_line(model, loader, d, spec={"nope": 4}, mode="requantize", progress=False)
+
+
 def test_exception_mid_grid_restores_model():
     model, loader = _setup()
     d = ls.random_direction(model)
