@@ -8,6 +8,8 @@ batch is: any DataLoader, any loss, bounded reading), :mod:`~quantlens.models`
 basin width), :mod:`~quantlens.hessian` (Hessian spectrum, trace, density, per-layer
 sharpness), :mod:`~quantlens.train` (seeded training, evaluation, PTQ sweeps),
 :mod:`~quantlens.sam` (sharpness-aware minimization, SAM/ASAM),
+:mod:`~quantlens.brittleness` (accuracy under weight/input noise, shifts, rotations, FGSM),
+:mod:`~quantlens.bitcollapse` (the bit-collapse experiment: SGD vs SAM/ASAM QAT over seeds),
 :mod:`~quantlens.guard` (leave the caller's model unchanged), :mod:`~quantlens.plotting`,
 :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
@@ -15,6 +17,8 @@ sharpness), :mod:`~quantlens.train` (seeded training, evaluation, PTQ sweeps),
 from . import (
     alpha,
     batches,
+    bitcollapse,
+    brittleness,
     hessian,
     landscape,
     numerics,
@@ -37,6 +41,8 @@ from .alpha import (
     weightwatcher_analyze,
 )
 from .batches import BatchLoss, batch_term, output_distance
+from .bitcollapse import BitCollapse, CollapseConfig, bit_collapse
+from .brittleness import fgsm, measure_brittleness, rotate_images, shift_images
 from .data import SENTENCES, DigitsSplit, digits_loaders, load_digits_split
 from .guard import ModelSnapshot, eval_mode, preserved
 from .hessian import (
@@ -107,11 +113,12 @@ from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits
 __version__ = "0.1.0"
 
 __all__ = [
-    "alpha", "batches", "hessian", "landscape", "numerics", "plotting", "seeds", "tables",
-    "testing",
-    "widgets",
+    "alpha", "batches", "bitcollapse", "brittleness", "hessian", "landscape", "numerics",
+    "plotting", "seeds", "tables", "testing", "widgets",
     "compare_over_seeds", "format_spread", "over_seeds", "seed_spread", "verdict_phrase",
     "BatchLoss", "batch_term", "output_distance", "SAM",
+    "BitCollapse", "CollapseConfig", "bit_collapse",
+    "fgsm", "measure_brittleness", "rotate_images", "shift_images",
     "Numerics", "install_kernel", "pinned_env", "reproducible",
     "AlphaSimilarity", "AlphaSweep", "EmbeddingSimilarity", "SENTENCES", "alpha_summary",
     "alpha_sweep", "alpha_vs_similarity", "embedding_similarity", "encoder_linear_layers",

@@ -449,3 +449,54 @@ def plot_over_seeds(table: pd.DataFrame, x: str, y: str, hue: str | None = None,
     ax.text(0.99, 0.02, f"{n} seeds: dots (one per seed); {what}: mean ± std", ha="right",
             va="bottom", transform=ax.transAxes, fontsize=9, color="0.3")
     return ax
+
+
+def plot_line_bands(curves: pd.DataFrame, groups: dict, ax: plt.Axes | None = None,
+                    metric: str = "loss", log: bool = True,
+                    xlabel: str = r"step $\alpha$ along a filter-normalized direction"
+                    ) -> plt.Axes:
+    """Many 1-D lines per model as a median curve with its interquartile band.
+
+    ``curves`` is tidy (``alpha`` and ``metric`` columns, e.g.
+    :attr:`quantlens.bitcollapse.BitCollapse.curves`); ``groups`` maps a label to a boolean
+    mask (or query string) selecting that label's rows, whose lines (all seeds and
+    directions) are pooled at each ``alpha``.
+    """
+    ax = _axes(ax)
+    colors = setting_colors(groups)
+    for label, sel in groups.items():
+        rows = curves.query(sel) if isinstance(sel, str) else curves[sel]
+        if rows.empty:
+            raise ValueError(f"groups[{label!r}] selects no rows")
+        stats = rows.groupby("alpha")[metric].quantile([0.25, 0.5, 0.75]).unstack()
+        scale = 100 if metric == "accuracy" else 1
+        n = len(rows) // max(1, rows["alpha"].nunique())
+        ax.plot(stats.index, scale * stats[0.5], color=colors[label], label=f"{label} ({n})")
+        ax.fill_between(stats.index, scale * stats[0.25], scale * stats[0.75],
+                        color=colors[label], alpha=0.2, lw=0)
+    if metric == "loss" and log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(("training loss (cross-entropy" + (", log)" if log else ")"))
+                  if metric == "loss" else "accuracy (%)")
+    ax.legend(title="median, quartile band (lines)")
+    return ax
+
+
+def plot_correlations(table: pd.DataFrame, ax: plt.Axes | None = None,
+                      value: str = "spearman", title: str | None = None) -> plt.Axes:
+    """Annotated heat map of a tidy ``geometry × brittleness`` correlation table (e.g.
+    :func:`quantlens.bitcollapse.geometry_vs_brittleness`), diverging colours in [-1, 1]."""
+    ax = _axes(ax)
+    grid = table.pivot(index="geometry", columns="brittleness", values=value)
+    grid = grid.loc[list(dict.fromkeys(table.geometry)), list(dict.fromkeys(table.brittleness))]
+    im = ax.imshow(grid.to_numpy(), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
+    for (i, j), v in np.ndenumerate(grid.to_numpy()):
+        ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=9,
+                color="white" if abs(v) > 0.6 else "black")
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right")
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    ax.figure.colorbar(im, ax=ax, label=f"{value} rank correlation")
+    if title:
+        ax.set_title(title)
+    return ax

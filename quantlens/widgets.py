@@ -59,6 +59,7 @@ def quantization_explorer(
             fig, ax = plt.subplots(figsize=(7, 3.4))
             plot_weight_histogram(w, spec, ax=ax, title=f"{name}: {spec.label()}")
             plt.show()
+            plt.close(fig)
 
     for control in (bits, gran, sym):
         control.observe(redraw, names="value")
@@ -109,6 +110,7 @@ def hessian_explorer(model, loader, bits=(32, 8, 6, 4, 3, 2), group_size: int = 
             ax.set_title(f"{layer}: " + ", ".join(f"{v:.3g}" for v in q[:3]))
             ax.legend(fontsize=8)
             plt.show()
+            plt.close(fig)
 
     for control in (w_bits, w_gran, w_layer):
         control.observe(redraw, names="value")
@@ -155,6 +157,7 @@ def landscape_explorer(model, loader, bits=(8, 6, 4, 3, 2), granularity: str = "
             plot_lines(lines, ax=ax)
             ax.set_title(f"direction seed {w_seed.value}", fontsize=9)
             plt.show()
+            plt.close(fig)
 
     for control in (w_dist, w_steps, w_seed, w_bits):
         control.observe(redraw, names="value")
@@ -198,8 +201,90 @@ def alpha_explorer(layers, bits=(8, 6, 5, 4, 3, 2), kind_column: str = "kind") -
             plot_alpha_scatter(df, w_gran.value, bits=(w_bits.value,), ax=ax)
             ax.set_title(f"{w_kind.value}, int{w_bits.value} per-{w_gran.value}", fontsize=9)
             plt.show()
+            plt.close(fig)
 
     for control in (w_bits, w_gran, w_kind):
         control.observe(redraw, names="value")
     redraw()
     return Explorer([widgets.HBox([w_bits, w_gran, w_kind]), readout, out], "α explorer")
+
+
+def bit_collapse_explorer(rho: dict | None = None, config=None, seed: int = 0) -> Explorer:
+    """Setting (bits), optimizer, ρ, training seed and direction: fine-tune live and redraw.
+
+    Each choice fine-tunes the FP32 start exactly as :func:`quantlens.bitcollapse.bit_collapse`
+    does (so a choice in the experiment's grid reproduces its row) and draws the training
+    loss along one filter-normalized direction, dequantized and requantize, next to the FP32
+    SGD model; the readout gives test accuracy, λ_max and basin widths. ``rho`` sets the
+    slider's start per optimizer (default ``{"sam": 0.5, "asam": 4.0}``); the slider offers
+    the values :func:`quantlens.bitcollapse.rho_search` tries. Static
+    counterpart: :func:`quantlens.plotting.plot_line_bands`.
+    """
+    from . import bitcollapse as bc
+    from .hessian import HessianOperator, lanczos
+    from .landscape import loss_line, random_direction
+    from .plotting import plot_lines
+    from .train import evaluate
+
+    config = bc.CollapseConfig() if config is None else config
+    start = dict({"sam": 0.5, "asam": 4.0}, **(rho or {}))
+    w_set = widgets.Dropdown(options=list(bc.SETTINGS), value="int8", description="setting")
+    w_opt = widgets.Dropdown(options=list(bc.OPTIMIZERS), value="sam", description="optimizer")
+    grid = sorted({0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, *start.values()})
+    w_rho = widgets.SelectionSlider(options=grid, value=start["sam"], description="ρ")
+    w_seed = widgets.IntSlider(value=seed, min=0, max=9, description="seed")
+    w_dir = widgets.IntSlider(value=0, min=0, max=config.directions - 1, description="direction")
+    out = widgets.Output()
+    readout = widgets.HTML()
+    cache: dict = {}
+
+    def trained(setting, opt, s, r):
+        key = (setting, opt, s, None if opt == "sgd" else round(r, 6))
+        if key not in cache:
+            cache[key] = bc.finetune(setting, opt, s, key[3], config)[:2]
+        return cache[key]
+
+    def redraw(_=None):
+        w_rho.disabled = w_opt.value == "sgd"
+        _, test, curvature = bc.digits_data(config)
+        deployed, latent = trained(w_set.value, w_opt.value, w_seed.value, w_rho.value)
+        fp32, _ = trained("fp32", "sgd", w_seed.value, 0.0)
+        spec = bc.Setting.parse(w_set.value).spec(latent, config)
+        kw = dict(distance=config.distance, steps=config.steps, progress=False)
+        lines = {"FP32, SGD": loss_line(fp32, curvature, random_direction(fp32, w_dir.value),
+                                        **kw)}
+        d = random_direction(latent, w_dir.value)
+        name = f"{w_set.value}, {w_opt.value}"
+        if spec is None:
+            lines[name] = loss_line(latent, curvature, d, **kw)
+        else:
+            for mode in bc.MODES:
+                lines[f"{name}, {mode}"] = loss_line(latent, curvature, d, spec=spec, mode=mode,
+                                                     **kw)
+        acc = evaluate(deployed, test).accuracy
+        lam = lanczos(HessianOperator(deployed, curvature), 1, tol=config.lanczos_tol)
+        widths = "; ".join(f"{k} {w:.3f}" + ("+" if c else "") for k, (w, c) in (
+            (k, bc.line_width(v, config.threshold)) for k, v in lines.items()))
+        readout.value = (f"<b>{name}</b>: test accuracy {100 * acc:.1f}%, "
+                         f"λ<sub>max</sub> {lam.eigenvalues[0]:.2f}; basin width at "
+                         f"L<sub>min</sub> + {config.threshold}: {widths} (+: wider than the grid)")
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(7, 3.6))
+            plot_lines(lines, ax=ax)
+            ax.set_title(f"seed {w_seed.value}, direction {w_dir.value}", fontsize=9)
+            plt.show()
+            plt.close(fig)
+
+    def new_optimizer(_=None):
+        if w_opt.value in start and w_rho.value != start[w_opt.value]:
+            w_rho.value = start[w_opt.value]  # the slider's observer redraws
+        else:
+            redraw()
+
+    w_opt.observe(new_optimizer, names="value")
+    for control in (w_set, w_rho, w_seed, w_dir):
+        control.observe(redraw, names="value")
+    redraw()
+    return Explorer([widgets.HBox([w_set, w_opt]), widgets.HBox([w_rho, w_seed]), w_dir,
+                     readout, out], "bit-collapse explorer")

@@ -78,6 +78,30 @@ def test_alpha_explorer_reacts():
     assert "1 layers" in readout.value
 
 
+def test_bit_collapse_explorer_reproduces_the_experiment():
+    from quantlens import bitcollapse as bc
+
+    fast = bc.CollapseConfig(pretrain_epochs=2, epochs=1, n_curvature=64, directions=2,
+                             steps=5)
+    box = ql.widgets.bit_collapse_explorer(rho={"sam": 0.1}, config=fast)
+    setting, optimizer = box.children[0].children
+    rho, seed = box.children[1].children
+    direction, readout = box.children[2], box.children[3]
+    assert "int8, sam" in readout.value and rho.value == pytest.approx(0.1)
+    deployed, _, _ = bc.finetune("int8", "sam", 0, rho.value, fast)
+    _, test, _ = bc.digits_data(fast)
+    acc = ql.evaluate(deployed, test).accuracy
+    assert f"test accuracy {100 * acc:.1f}%" in readout.value
+    optimizer.value = "sgd"
+    assert rho.disabled and "int8, sgd" in readout.value
+    optimizer.value = "asam"
+    assert rho.value == pytest.approx(4.0) and not rho.disabled
+    setting.value = "fp32"
+    direction.value = 1
+    seed.value = 1
+    assert "fp32, asam" in readout.value and "requantize" not in readout.value
+
+
 def test_explorer_text_form_is_one_helpful_line():
     import torch
 
