@@ -27,6 +27,19 @@ class Explorer(widgets.VBox):
         return f"[{self._name}: run this cell in a live kernel to use the explorer]"
 
 
+def _show_lines(out: widgets.Output, lines: dict, title: str) -> None:
+    """Draw 1-D landscapes into an explorer's output area."""
+    from .plotting import plot_lines
+
+    with out:
+        out.clear_output(wait=True)
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        plot_lines(lines, ax=ax)
+        ax.set_title(title, fontsize=9)
+        plt.show()
+        plt.close(fig)
+
+
 def quantization_explorer(
     weight: torch.Tensor, name: str = "weight", group_size: int = 32
 ) -> Explorer:
@@ -129,7 +142,6 @@ def landscape_explorer(model, loader, bits=(8, 6, 4, 3, 2), granularity: str = "
     :func:`quantlens.plotting.plot_lines`.
     """
     from .landscape import basin_width, loss_line, random_direction
-    from .plotting import plot_lines
 
     w_dist = widgets.FloatLogSlider(value=1.0, base=10, min=-2, max=0.5, step=0.1,
                                     description="distance")
@@ -151,13 +163,7 @@ def landscape_explorer(model, loader, bits=(8, 6, 4, 3, 2), granularity: str = "
         widths = {k: basin_width(v, threshold).width for k, v in lines.items()}
         readout.value = f"basin width at L_min + {threshold}: " + "; ".join(
             f"{k} {v:.3f}" for k, v in widths.items())
-        with out:
-            out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(7, 3.6))
-            plot_lines(lines, ax=ax)
-            ax.set_title(f"direction seed {w_seed.value}", fontsize=9)
-            plt.show()
-            plt.close(fig)
+        _show_lines(out, lines, f"direction seed {w_seed.value}")
 
     for control in (w_dist, w_steps, w_seed, w_bits):
         control.observe(redraw, names="value")
@@ -223,7 +229,6 @@ def bit_collapse_explorer(rho: dict | None = None, config=None, seed: int = 0) -
     from . import bitcollapse as bc
     from .hessian import HessianOperator, lanczos
     from .landscape import loss_line, random_direction
-    from .plotting import plot_lines
     from .train import evaluate
 
     config = bc.CollapseConfig() if config is None else config
@@ -268,13 +273,7 @@ def bit_collapse_explorer(rho: dict | None = None, config=None, seed: int = 0) -
         readout.value = (f"<b>{name}</b>: test accuracy {100 * acc:.1f}%, "
                          f"λ<sub>max</sub> {lam.eigenvalues[0]:.2f}; basin width at "
                          f"L<sub>min</sub> + {config.threshold}: {widths} (+: wider than the grid)")
-        with out:
-            out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(7, 3.6))
-            plot_lines(lines, ax=ax)
-            ax.set_title(f"seed {w_seed.value}, direction {w_dir.value}", fontsize=9)
-            plt.show()
-            plt.close(fig)
+        _show_lines(out, lines, f"seed {w_seed.value}, direction {w_dir.value}")
 
     def new_optimizer(_=None):
         if w_opt.value in start and w_rho.value != start[w_opt.value]:
