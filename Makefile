@@ -24,7 +24,7 @@ PERTURBED = taskset -c 0 env MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX
 NBVAL = $(BIN)/pytest --nbval $(CHAPTERS) --nbval-sanitize-with nbval_sanitize.cfg
 
 .PHONY: env kernel html render test unit unit-perturbed nbval nbval-perturbed lint \
-	notebooks lab lock clean bench
+	notebooks lab lock clean bench sweep
 
 env: $(STAMP) $(KERNEL)
 
@@ -60,7 +60,7 @@ render: env
 
 # Chapters' code is linted at 78 columns: the width of the code box in the rendered book.
 lint: env
-	$(BIN)/ruff check quantlens tests benchmarks
+	$(BIN)/ruff check quantlens tests benchmarks experiments
 	$(BIN)/ruff check --line-length 78 book/*.ipynb
 
 unit: env
@@ -111,6 +111,11 @@ lock:
 	  .venv-lock/bin/python -m pip freeze --exclude-editable | sed -e 's/+cpu$$//' ) \
 	  > requirements.lock
 	rm -rf .venv-lock
+
+# The larger experiments whose committed tables chapters read (experiments/*.csv); the
+# chapters rerun a subset of each, which must agree bitwise. About 15 minutes on one core.
+sweep: env
+	$(PINNED) $(BIN)/python experiments/bit_collapse_sweep.py
 
 bench: env
 	$(BIN)/python -m pip install -c requirements.lock -e ".[bench]"

@@ -239,11 +239,12 @@ def rho_search(
     return pd.DataFrame(rows)
 
 
-def best_rho(search: pd.DataFrame) -> dict[str, float]:
+def best_rho(search: pd.DataFrame, optimizers: Sequence[str] = ("sam", "asam")
+             ) -> dict[str, float]:
     """``{"sam": ρ, "asam": ρ}``: the highest mean validation accuracy over the search seeds
     (ties broken by the lower mean validation loss, then the smaller ρ)."""
     out = {}
-    for opt in ("sam", "asam"):
+    for opt in optimizers:
         g = search[search.optimizer == opt].groupby("rho")[["val_accuracy", "val_loss"]].mean()
         if g.empty:
             raise ValueError(f"the search has no {opt!r} rows")
