@@ -10,11 +10,14 @@ sharpness), :mod:`~quantlens.train` (seeded training, evaluation, PTQ sweeps),
 :mod:`~quantlens.sam` (sharpness-aware minimization, SAM/ASAM),
 :mod:`~quantlens.brittleness` (accuracy under weight/input noise, shifts, rotations, FGSM),
 :mod:`~quantlens.bitcollapse` (the bit-collapse experiment: SGD vs SAM/ASAM QAT over seeds),
+:mod:`~quantlens.sensitivity` (per-layer sensitivity several ways, against measured damage),
+:mod:`~quantlens.allocation` (mixed-precision bit allocation under a budget, exact and heuristic),
 :mod:`~quantlens.guard` (leave the caller's model unchanged), :mod:`~quantlens.plotting`,
 :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
 
 from . import (
+    allocation,
     alpha,
     batches,
     bitcollapse,
@@ -24,10 +27,12 @@ from . import (
     numerics,
     plotting,
     seeds,
+    sensitivity,
     tables,
     testing,
     widgets,
 )
+from .allocation import Allocation, allocate, memory_budget
 from .alpha import (
     AlphaSimilarity,
     AlphaSweep,
@@ -108,16 +113,18 @@ from .quantize import (
 )
 from .sam import SAM
 from .seeds import compare_over_seeds, format_spread, over_seeds, seed_spread, verdict_phrase
+from .sensitivity import layer_sensitivity, rank_agreement
 from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "alpha", "batches", "bitcollapse", "brittleness", "hessian", "landscape", "numerics",
-    "plotting", "seeds", "tables", "testing", "widgets",
+    "allocation", "sensitivity", "alpha", "batches", "bitcollapse", "brittleness", "hessian",
+    "landscape", "numerics", "plotting", "seeds", "tables", "testing", "widgets",
     "compare_over_seeds", "format_spread", "over_seeds", "seed_spread", "verdict_phrase",
     "BatchLoss", "batch_term", "output_distance", "SAM",
     "BitCollapse", "CollapseConfig", "bit_collapse",
+    "Allocation", "allocate", "memory_budget", "layer_sensitivity", "rank_agreement",
     "fgsm", "measure_brittleness", "rotate_images", "shift_images",
     "Numerics", "install_kernel", "pinned_env", "reproducible",
     "AlphaSimilarity", "AlphaSweep", "EmbeddingSimilarity", "SENTENCES", "alpha_summary",
