@@ -12,6 +12,7 @@ sharpness), :mod:`~quantlens.train` (seeded training, evaluation, PTQ sweeps),
 :mod:`~quantlens.bitcollapse` (the bit-collapse experiment: SGD vs SAM/ASAM QAT over seeds),
 :mod:`~quantlens.sensitivity` (per-layer sensitivity several ways, against measured damage),
 :mod:`~quantlens.allocation` (mixed-precision bit allocation under a budget, exact and heuristic),
+:mod:`~quantlens.bounds` (the seed's precision theorems 4.7 and 3.4, against measured errors),
 :mod:`~quantlens.guard` (leave the caller's model unchanged), :mod:`~quantlens.plotting`,
 :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
@@ -21,6 +22,7 @@ from . import (
     alpha,
     batches,
     bitcollapse,
+    bounds,
     brittleness,
     hessian,
     landscape,
@@ -119,8 +121,8 @@ from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits
 __version__ = "0.1.0"
 
 __all__ = [
-    "allocation", "sensitivity", "alpha", "batches", "bitcollapse", "brittleness", "hessian",
-    "landscape", "numerics", "plotting", "seeds", "tables", "testing", "widgets",
+    "allocation", "bounds", "sensitivity", "alpha", "batches", "bitcollapse", "brittleness",
+    "hessian", "landscape", "numerics", "plotting", "seeds", "tables", "testing", "widgets",
     "compare_over_seeds", "format_spread", "over_seeds", "seed_spread", "verdict_phrase",
     "BatchLoss", "batch_term", "output_distance", "SAM",
     "BitCollapse", "CollapseConfig", "bit_collapse",
