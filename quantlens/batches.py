@@ -39,6 +39,7 @@ tensors is refused with a clear error instead of exhausting memory.
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import itertools
 import math
@@ -519,18 +520,38 @@ def output_distance(reference: nn.Module, metric: str = "mse") -> BatchLoss:
     without labels. ``reference`` is evaluated in eval mode without gradients and is never
     modified; it must be a separate model object (e.g. the FP32 original of a quantized copy).
     Batches are ``(inputs, ...)`` tuples, a tensor of inputs, or mappings of model keywords.
+    The reference's outputs are computed once per batch (keyed by the batch's content and the
+    reference's tensor versions, so an in-place change of the reference is noticed).
     """
     if not isinstance(reference, nn.Module):
         raise TypeError(f"reference must be a torch.nn.Module, got {type(reference).__name__}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
+    cache: dict = {}
+
+    def reference_output(batch: Any) -> torch.Tensor:
+        # the reference's outputs, computed once per batch content and reference state (the
+        # version counters of its tensors change with every in-place update)
+        digest = hashlib.sha1()
+        for t in _tensors(batch):
+            digest.update(str((t.dtype, tuple(t.shape))).encode())
+            digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+                          .tobytes())
+        state = tuple(t._version for t in reference.state_dict(keep_vars=True).values())
+        key = (digest.hexdigest(), state)
+        if key not in cache:
+            if len(cache) >= 256:
+                cache.clear()
+            with torch.no_grad(), eval_mode(reference):
+                cache[key] = _embedding(_call_inputs(reference, batch), batch)
+        return cache[key]
+
     def fn(model: nn.Module, batch: Any) -> torch.Tensor:
         if model is reference:
             raise ValueError("output_distance: reference is the analysed model itself; pass a "
                              "separate copy (e.g. copy.deepcopy(model) before quantizing)")
-        with torch.no_grad(), eval_mode(reference):
-            g = _embedding(_call_inputs(reference, batch), batch)
+        g = reference_output(batch)
         f = _embedding(_call_inputs(model, batch), batch)
         if f.shape != g.shape:
             raise ValueError(f"output_distance: model outputs {tuple(f.shape)} but reference "

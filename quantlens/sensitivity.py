@@ -12,7 +12,7 @@ column               measure
 ``seed``             the seed document's cost ``κ_ℓ 2^{-b}``
 ``delta_sq``         ``‖ΔW‖²``: the quantization error alone
 ``hawq``             HAWQ-V2: ``tr(H_ℓℓ)/n_ℓ · ‖ΔW‖²`` (mean Hessian trace of the layer's
-                     block, Hutch++)
+                     weight block, :func:`block_traces`)
 ``fisher``           ``Σ_i F_ii ΔW_i²`` with the diagonal empirical Fisher
                      ``F_ii = (1/N) Σ_n (∂ℓ_n/∂W_i)²`` (per-example gradients)
 ``oracle_loss``      measured: loss increase when only layer ``ℓ`` is quantized at ``b``
@@ -36,17 +36,31 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batches import BatchLoss, _device, iterate_batches, to_device
-from .guard import eval_mode
+from .guard import eval_mode, preserved
 from .quantize import (
     QuantSpec,
     _layer_spec,
     quantizable_layers,
     quantize_dequantize,
-    quantize_model,
 )
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | BatchLoss
 MEASURES = ("kappa", "spectral_norm", "seed", "delta_sq", "hawq", "fisher")
+
+
+def _layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Module]:
+    """The quantizable layers of ``model``, or the named subset of them, in model order."""
+    found = quantizable_layers(model)
+    if not found:
+        raise ValueError("model has no quantizable layer")
+    if layers is None:
+        return found
+    if isinstance(layers, str):
+        raise TypeError("layers must be a sequence of layer names, not a string")
+    unknown = sorted(set(layers) - set(found))
+    if unknown:
+        raise ValueError(f"layers names modules that are not quantizable layers: {unknown}")
+    return {n: m for n, m in found.items() if n in set(layers)}
 
 
 def weight_matrix(layer: nn.Module) -> torch.Tensor:
@@ -57,11 +71,11 @@ def weight_matrix(layer: nn.Module) -> torch.Tensor:
     return w.detach().double().reshape(w.shape[0], -1).cpu()
 
 
-def spectral_stats(model: nn.Module) -> pd.DataFrame:
+def spectral_stats(model: nn.Module, layers: Sequence[str] | None = None) -> pd.DataFrame:
     """``n_params``, ``spectral_norm``, ``sigma_min`` and ``kappa`` of every quantizable
     layer's weight matrix (singular values by ``torch.linalg.svdvals`` in float64)."""
     rows = []
-    for name, layer in quantizable_layers(model).items():
+    for name, layer in _layers(model, layers).items():
         s = torch.linalg.svdvals(weight_matrix(layer))
         smax, smin = float(s[0]), float(s[-1])
         rows.append({"layer": name, "n_params": layer.weight.numel(), "spectral_norm": smax,
@@ -71,7 +85,8 @@ def spectral_stats(model: nn.Module) -> pd.DataFrame:
 
 def diagonal_fisher(model: nn.Module, loader: DataLoader,
                     loss_fn: Callable = nn.functional.cross_entropy,
-                    max_batches: int | None = None) -> dict[str, torch.Tensor]:
+                    max_batches: int | None = None, layers: Sequence[str] | None = None
+                    ) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher ``F_ii = (1/N) Σ_n (∂ℓ_n/∂θ_i)²`` of every quantizable
     layer's weight, from per-example gradients (``torch.func.vmap`` of ``grad``).
 
@@ -83,8 +98,7 @@ def diagonal_fisher(model: nn.Module, loader: DataLoader,
 
     if isinstance(loss_fn, BatchLoss) or not callable(loss_fn):
         raise TypeError("diagonal_fisher needs a criterion loss_fn(outputs, targets)")
-    layers = quantizable_layers(model)
-    names = [f"{n}.weight" for n in layers]
+    names = [f"{n}.weight" for n in _layers(model, layers)]
     device = _device(model)
     with eval_mode(model):
         params = {k: v.detach() for k, v in model.named_parameters() if k in names}
@@ -108,11 +122,48 @@ def diagonal_fisher(model: nn.Module, loader: DataLoader,
     return {k[: -len(".weight")]: v / n for k, v in out.items()}
 
 
+def block_traces(model: nn.Module, loader: DataLoader,
+                 loss_fn: LossFn = nn.functional.cross_entropy, n_hvp: int = 30, seed: int = 0,
+                 max_batches: int | None = None, layers: Sequence[str] | None = None
+                 ) -> pd.DataFrame:
+    """Trace of every quantizable layer's weight block ``H_ℓℓ`` of the loss Hessian, all at
+    once, by Hutchinson on the whole model.
+
+    For a Rademacher vector ``z`` over all layers' weights, ``z_ℓ^T (H z)_ℓ`` is an unbiased
+    estimate of ``tr(H_ℓℓ)`` for every layer ``ℓ`` (the cross terms ``z_ℓ^T H_ℓm z_m`` have
+    mean zero), so ``n_hvp`` products serve every layer instead of ``n_hvp`` per layer (as
+    HAWQ-V2 and PyHessian do). Returns, indexed by layer: ``n_params, trace, trace_se``
+    (sample standard error) and ``trace_per_param``.
+    """
+    from .hessian import HessianOperator, _check_int, _rademacher
+
+    _check_int("n_hvp", n_hvp, 2)
+    op = HessianOperator(model, loader, loss_fn=loss_fn,
+                         params=[f"{n}.weight" for n in _layers(model, layers)],
+                         max_batches=max_batches)
+    gen = torch.Generator().manual_seed(seed)
+    samples = np.zeros((n_hvp, len(op.names)))
+    for j in range(n_hvp):
+        z = _rademacher(op.n, gen, op.dtype, op.device)
+        for i, (zl, hl) in enumerate(zip(op.split(z), op.split(op.matvec(z)))):
+            samples[j, i] = float((zl.double() * hl.double()).sum())
+    rows = []
+    for i, name in enumerate(op.names):
+        layer = name[: -len(".weight")]
+        mean = float(samples[:, i].mean())
+        rows.append({"layer": layer, "n_params": op.sizes[i], "trace": mean,
+                     "trace_se": float(samples[:, i].std(ddof=1) / np.sqrt(n_hvp)),
+                     "trace_per_param": mean / op.sizes[i]})
+    return pd.DataFrame(rows).set_index("layer")
+
+
 def oracle(model: nn.Module, loader: DataLoader, bits: Sequence[int] = (2, 3, 4, 5, 6, 8),
            loss_fn: LossFn = nn.functional.cross_entropy, progress: bool = False,
-           max_batches: int | None = None, **defaults) -> pd.DataFrame:
-    """Measured damage: each layer alone quantized at each width (``quantize_model`` with
-    ``{layer: b}``, other layers in full precision), against the unquantized model.
+           max_batches: int | None = None, layers: Sequence[str] | None = None,
+           **defaults) -> pd.DataFrame:
+    """Measured damage: each layer alone quantized at each width (as ``quantize_model`` with
+    ``{layer: b}``; the weight is swapped in place and restored bitwise, so nothing is
+    copied), other layers in full precision, against the unquantized model.
 
     Rows ``layer, bits, loss, accuracy, oracle_loss`` (loss increase) and
     ``oracle_accuracy`` (accuracy drop). ``defaults`` complete the spec (e.g.
@@ -120,15 +171,23 @@ def oracle(model: nn.Module, loader: DataLoader, bits: Sequence[int] = (2, 3, 4,
     """
     from .train import evaluate
 
-    base = evaluate(model, loader, loss_fn, max_batches=max_batches)
+    chosen = _layers(model, layers)
+    specs = {b: QuantSpec(b, **defaults) for b in bits}
     rows = []
-    runs = [(name, b) for name in quantizable_layers(model) for b in bits]
-    for name, b in tqdm(runs, desc="oracle", disable=not progress, leave=False):
-        ev = evaluate(quantize_model(model, {name: QuantSpec(b, **defaults)}), loader, loss_fn,
-                      max_batches=max_batches)
-        rows.append({"layer": name, "bits": b, "loss": ev.loss, "accuracy": ev.accuracy,
-                     "oracle_loss": ev.loss - base.loss,
-                     "oracle_accuracy": base.accuracy - ev.accuracy})
+    with preserved(model):  # one layer's weight swapped in place at a time, then restored
+        base = evaluate(model, loader, loss_fn, max_batches=max_batches)
+        runs = [(name, b) for name in chosen for b in bits]
+        for name, b in tqdm(runs, desc="oracle", disable=not progress, leave=False):
+            w = chosen[name].weight
+            saved = w.detach().clone()
+            with torch.no_grad():
+                w.copy_(quantize_dequantize(saved, _layer_spec(chosen[name], specs[b])))
+            ev = evaluate(model, loader, loss_fn, max_batches=max_batches)
+            with torch.no_grad():
+                w.copy_(saved)
+            rows.append({"layer": name, "bits": b, "loss": ev.loss, "accuracy": ev.accuracy,
+                         "oracle_loss": ev.loss - base.loss,
+                         "oracle_accuracy": base.accuracy - ev.accuracy})
     return pd.DataFrame(rows)
 
 
@@ -143,13 +202,16 @@ def layer_sensitivity(
     seed: int = 0,
     progress: bool = False,
     max_batches: int | None = None,
+    layers: Sequence[str] | None = None,
     **defaults,
 ) -> pd.DataFrame:
     """Every measure of the module table for every quantizable layer and width.
 
+    ``layers`` restricts the analysis to those quantizable layers (default: all).
     ``defaults`` complete the quantization spec of every layer (``symmetric``,
     ``granularity``, ``group_size``). ``fisher=False`` skips the Fisher (needs a criterion
-    and ``(x, y)`` batches); ``hawq=False`` skips the Hessian traces.
+    and ``(x, y)`` batches); ``hawq=False`` skips the Hessian traces (``trace_hvp``
+    Hessian-vector products in all, :func:`block_traces`).
 
     Returns
     -------
@@ -157,19 +219,16 @@ def layer_sensitivity(
         One row per ``(layer, bits)``: ``layer, bits, n_params`` and the columns of the
         module table.
     """
-    from .hessian import layer_sharpness
-
     if isinstance(bits, (int, str)) or not bits:
         raise TypeError(f"bits must be a non-empty sequence of widths, got {bits!r}")
     specs = {b: QuantSpec(b, **defaults) for b in bits}  # validates bits and defaults
-    stats = spectral_stats(model)
-    traces = (layer_sharpness(model, loader, loss_fn, trace_hvp=trace_hvp, seed=seed,
-                              progress=progress, max_batches=max_batches)
+    chosen = _layers(model, layers)
+    stats = spectral_stats(model, layers)
+    traces = (block_traces(model, loader, loss_fn, trace_hvp, seed, max_batches, layers)
               if hawq else None)
-    fish = diagonal_fisher(model, loader, loss_fn, max_batches) if fisher else None
-    layers = quantizable_layers(model)
+    fish = diagonal_fisher(model, loader, loss_fn, max_batches, layers) if fisher else None
     rows = []
-    for name, layer in layers.items():
+    for name, layer in chosen.items():
         w = layer.weight.detach()
         for b, spec in specs.items():
             delta = (quantize_dequantize(w, _layer_spec(layer, spec)) - w).double()
@@ -183,7 +242,7 @@ def layer_sensitivity(
                 row["fisher"] = float((fish[name].to(delta.device) * delta ** 2).sum())
             rows.append(row)
     table = pd.DataFrame(rows)
-    measured = oracle(model, loader, bits, loss_fn, progress, max_batches, **defaults)
+    measured = oracle(model, loader, bits, loss_fn, progress, max_batches, layers, **defaults)
     return table.merge(measured[["layer", "bits", "oracle_loss", "oracle_accuracy"]],
                        on=["layer", "bits"])
 

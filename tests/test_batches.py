@@ -216,6 +216,26 @@ def test_output_distance_of_a_quantized_encoder_is_positive_and_cosine_bounded()
         ql.evaluate(encoder, loader, loss_fn=ql.output_distance(encoder))
 
 
+def test_output_distance_caches_reference_outputs_until_the_reference_changes():
+    x, y = _data(n=12)
+    reference, model = _mlp(), _mlp()
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    calls = []
+    hook = reference.register_forward_hook(lambda *a: calls.append(1))
+    loss = ql.output_distance(reference)
+    first = ql.evaluate(model, loader, loss_fn=loss).loss
+    assert ql.evaluate(model, loader, loss_fn=loss).loss == first and len(calls) == 3
+    with torch.no_grad():
+        next(reference.parameters()).mul_(2.0)  # an in-place change of the reference
+    changed = ql.evaluate(model, loader, loss_fn=loss).loss
+    hook.remove()
+    assert len(calls) == 6 and changed != first
+    with torch.no_grad():
+        direct = sum(float(((model(bx) - reference(bx)) ** 2).mean()) * len(bx)
+                     for bx, _ in loader) / 12
+    assert changed == pytest.approx(direct, rel=1e-6)
+
+
 def test_batch_loss_weight_is_used_in_the_mean():
     x, y = _data(n=10)
     model = _mlp()

@@ -63,7 +63,7 @@ def test_sensitivity_table_against_direct_computation():
     delta = (ql.quantize_dequantize(w, 2) - w).double()
     assert row.delta_sq == pytest.approx(float((delta ** 2).sum()))
     assert row.seed == pytest.approx(row.kappa / 4)
-    tr = ql.layer_sharpness(model, loader, layers=["3"], trace_hvp=12, progress=False)
+    tr = se.block_traces(model, loader, n_hvp=12)
     assert row.hawq == pytest.approx(tr.loc["3", "trace_per_param"] * row.delta_sq)
     fisher = se.diagonal_fisher(model, loader)["3"]
     assert row.fisher == pytest.approx(float((fisher * delta ** 2).sum()))
@@ -76,6 +76,18 @@ def test_sensitivity_table_against_direct_computation():
     sizes = {"1": 192, "3": 48}
     a = al.allocate(costs, sizes, al.memory_budget(sizes, average_bits=3))
     assert set(a.bits) == {"1", "3"}
+
+
+def test_block_traces_against_exact_block_traces():
+    model, loader = _setup()
+    est = se.block_traces(model, loader, n_hvp=400, seed=3)
+    for name in ("1", "3"):
+        exact = ql.exact_trace(ql.HessianOperator(model, loader, params=[f"{name}.weight"]))
+        row = est.loc[name]
+        assert abs(row.trace - exact.value) < 4 * row.trace_se
+        assert row.trace_per_param == pytest.approx(row.trace / row.n_params)
+    with pytest.raises(ValueError, match="n_hvp"):
+        se.block_traces(model, loader, n_hvp=1)
 
 
 def test_rank_agreement_against_scipy():
