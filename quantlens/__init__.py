@@ -13,6 +13,8 @@ sharpness), :mod:`~quantlens.train` (seeded training, evaluation, PTQ sweeps),
 :mod:`~quantlens.sensitivity` (per-layer sensitivity several ways, against measured damage),
 :mod:`~quantlens.allocation` (mixed-precision bit allocation under a budget, exact and heuristic),
 :mod:`~quantlens.bounds` (the seed's precision theorems 4.7 and 3.4, against measured errors),
+:mod:`~quantlens.mixed_precision` (allocations measured: regret against the measured optimum,
+configuration-level agreement),
 :mod:`~quantlens.guard` (leave the caller's model unchanged), :mod:`~quantlens.plotting`,
 :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
@@ -26,6 +28,7 @@ from . import (
     brittleness,
     hessian,
     landscape,
+    mixed_precision,
     numerics,
     plotting,
     seeds,
@@ -122,7 +125,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "allocation", "bounds", "sensitivity", "alpha", "batches", "bitcollapse", "brittleness",
-    "hessian", "landscape", "numerics", "plotting", "seeds", "tables", "testing", "widgets",
+    "hessian", "landscape", "mixed_precision", "numerics", "plotting", "seeds", "tables", "testing", "widgets",
     "compare_over_seeds", "format_spread", "over_seeds", "seed_spread", "verdict_phrase",
     "BatchLoss", "batch_term", "output_distance", "SAM",
     "BitCollapse", "CollapseConfig", "bit_collapse",

@@ -1,0 +1,188 @@
+"""Mixed precision, measured: allocations from each sensitivity measure against the truth.
+
+:mod:`quantlens.sensitivity` predicts each layer's damage; :mod:`quantlens.allocation` turns
+predictions into widths. This module measures what the result is worth on a real model:
+
+* :func:`evaluate_allocations`: for each budget, each measure and each allocator, the
+  allocation's measured loss and accuracy (and the uniform widths the budget allows);
+* :func:`measured_optimum`: the best allocation by the *measured* loss, by brute force over
+  every configuration (small models only), the yardstick for the regret of the others;
+* :func:`configuration_agreement`: FIT-style check at the configuration level, Kendall τ
+  between each measure's predicted damage ``Σ_ℓ c_ℓ(b_ℓ)`` and the measured loss increase
+  over random mixed-precision configurations.
+
+Nothing here changes the model: every configuration is a quantized copy.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .allocation import allocate, memory_budget
+from .quantize import QuantSpec, quantize_model
+from .sensitivity import cost_table
+from .train import evaluate
+
+
+def _measure(model, loader, bits: Mapping[str, int], loss_fn, defaults) -> tuple[float, float]:
+    q = quantize_model(model, {n: QuantSpec(int(b), **defaults) for n, b in bits.items()})
+    ev = evaluate(q, loader, loss_fn)
+    return ev.loss, ev.accuracy
+
+
+def evaluate_allocations(
+    model: nn.Module,
+    loader: DataLoader,
+    table: pd.DataFrame,
+    average_bits: Sequence[float],
+    measures: Sequence[str] = ("seed", "hawq", "fisher", "delta_sq", "oracle_loss"),
+    methods: Sequence[str] = ("exact", "greedy", "proportional", "relaxed"),
+    loss_fn=nn.functional.cross_entropy,
+    progress: bool = False,
+    **defaults,
+) -> pd.DataFrame:
+    """Measured loss and accuracy of every (budget, measure, method) allocation.
+
+    ``table`` is a :func:`quantlens.layer_sensitivity` table of ``model`` (its ``bits`` are
+    the allowed widths, its ``n_params`` the memory weights); budgets are average bits per
+    weight. ``"proportional"``/``"relaxed"`` use the seed's score (``kappa``) whatever the
+    measure, so they are run once, as measure ``"seed"``. Uniform widths are added as method
+    ``"uniform"`` where a budget is a width of ``table``. Returns one row per allocation:
+    ``average_bits`` (the budget), ``measure, method, used_bits`` (achieved average),
+    ``predicted`` (the allocation's cost), ``loss, accuracy, bits`` (a ``{layer: width}``
+    dict).
+    """
+    sizes = table.drop_duplicates("layer").set_index("layer").n_params.astype(int).to_dict()
+    kappa = table.drop_duplicates("layer").set_index("layer").kappa.to_dict()
+    widths = sorted(table.bits.unique())
+    runs = []
+    for avg in average_bits:
+        if avg in widths:
+            runs.append((avg, "uniform", "uniform"))
+        for m in measures:
+            for method in methods:
+                if method in ("proportional", "relaxed") and m != "seed":
+                    continue
+                runs.append((avg, m, method))
+    rows = []
+    for avg, m, method in tqdm(runs, desc="allocations", disable=not progress, leave=False):
+        if method == "uniform":
+            bits = {n: int(avg) for n in sizes}
+            predicted, used = np.nan, float(avg)
+        else:
+            scores = kappa if method in ("proportional", "relaxed") else None
+            a = allocate(cost_table(table, m), sizes, memory_budget(sizes, average_bits=avg),
+                         method, scores=scores)
+            bits, predicted, used = a.bits, a.cost, a.average_bits
+        loss, acc = _measure(model, loader, bits, loss_fn, defaults)
+        rows.append({"average_bits": float(avg), "measure": m, "method": method,
+                     "used_bits": used, "predicted": predicted, "loss": loss,
+                     "accuracy": acc, "bits": bits})
+    return pd.DataFrame(rows)
+
+
+def _configurations(layers: list[str], widths: list[int]) -> list[dict[str, int]]:
+    return [dict(zip(layers, c)) for c in itertools.product(widths, repeat=len(layers))]
+
+
+def measured_optimum(
+    model: nn.Module,
+    loader: DataLoader,
+    sizes: Mapping[str, int],
+    widths: Sequence[int],
+    average_bits: Sequence[float],
+    loss_fn=nn.functional.cross_entropy,
+    progress: bool = False,
+    max_configurations: int = 5000,
+    **defaults,
+) -> pd.DataFrame:
+    """The allocation with the lowest *measured* loss at each budget, by evaluating every
+    configuration of ``widths`` over the layers of ``sizes`` (``|widths|^layers`` of them).
+
+    Returns one row per budget: ``average_bits, used_bits, loss, accuracy, bits`` and
+    ``n_configurations``.
+    """
+    layers = list(sizes)
+    n = len(widths) ** len(layers)
+    if n > max_configurations:
+        raise ValueError(f"{n} configurations exceed max_configurations={max_configurations}")
+    total = float(sum(sizes.values()))
+    measured = []
+    for bits in tqdm(_configurations(layers, list(widths)), desc="configurations",
+                     disable=not progress, leave=False):
+        loss, acc = _measure(model, loader, bits, loss_fn, defaults)
+        used = sum(sizes[k] * b for k, b in bits.items()) / total
+        measured.append((used, loss, acc, bits))
+    rows = []
+    for avg in average_bits:
+        feasible = [m for m in measured if m[0] <= avg * (1 + 1e-12)]
+        if not feasible:
+            raise ValueError(f"no configuration fits {avg} bits on average")
+        used, loss, acc, bits = min(feasible, key=lambda m: (m[1], m[0]))
+        rows.append({"average_bits": float(avg), "used_bits": used, "loss": loss,
+                     "accuracy": acc, "bits": bits, "n_configurations": n})
+    return pd.DataFrame(rows)
+
+
+def configuration_agreement(
+    model: nn.Module,
+    loader: DataLoader,
+    table: pd.DataFrame,
+    n_configurations: int = 100,
+    measures: Sequence[str] = ("seed", "hawq", "fisher", "delta_sq", "oracle_loss"),
+    seed: int = 0,
+    loss_fn=nn.functional.cross_entropy,
+    progress: bool = False,
+    **defaults,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Kendall τ between predicted and measured damage over random configurations.
+
+    Each configuration draws every layer's width uniformly from ``table``'s widths (seeded);
+    its predicted damage under a measure is ``Σ_ℓ c_ℓ(b_ℓ)`` (additivity is what every
+    allocator assumes), its measured damage the loss increase over the unquantized model.
+    Returns ``(agreement, configurations)``: one row per measure (``kendall, spearman, n``)
+    and one row per configuration (``loss_increase`` and each measure's prediction).
+    """
+    from scipy.stats import kendalltau, spearmanr
+
+    if isinstance(n_configurations, bool) or not isinstance(n_configurations, int) \
+            or n_configurations < 3:
+        raise ValueError(f"n_configurations must be an int >= 3, got {n_configurations!r}")
+    layers = list(dict.fromkeys(table.layer))
+    widths = sorted(table.bits.unique())
+    costs = {m: cost_table(table, m) for m in measures}
+    rng = np.random.default_rng(seed)
+    base = evaluate(model, loader, loss_fn).loss
+    rows = []
+    for _ in tqdm(range(n_configurations), desc="configurations", disable=not progress,
+                  leave=False):
+        bits = {n: int(rng.choice(widths)) for n in layers}
+        loss, _ = _measure(model, loader, bits, loss_fn, defaults)
+        row = {"loss_increase": loss - base, "bits": bits}
+        for m, c in costs.items():
+            row[m] = float(sum(c.loc[n, b] for n, b in bits.items()))
+        rows.append(row)
+    configs = pd.DataFrame(rows)
+    agreement = pd.DataFrame([
+        {"measure": m, "kendall": float(kendalltau(configs[m], configs.loss_increase)[0]),
+         "spearman": float(spearmanr(configs[m], configs.loss_increase)[0]),
+         "n": n_configurations} for m in measures])
+    return agreement, configs
+
+
+def regret(allocations: pd.DataFrame, optimum: pd.DataFrame) -> pd.DataFrame:
+    """``allocations`` with ``regret_pct = 100 (L − L_opt) / L_opt``: how much higher the
+    measured loss is than the measured optimum's (:func:`measured_optimum`) at the same
+    budget (negative only where an allocation beats the optimum on other data)."""
+    best = optimum.set_index("average_bits").loss
+    out = allocations.copy()
+    opt = out.average_bits.map(best)
+    out["regret_pct"] = 100 * (out.loss - opt) / opt
+    return out
