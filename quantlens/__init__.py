@@ -125,7 +125,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "allocation", "bounds", "sensitivity", "alpha", "batches", "bitcollapse", "brittleness",
-    "hessian", "landscape", "mixed_precision", "numerics", "plotting", "seeds", "tables", "testing", "widgets",
+    "hessian", "landscape", "mixed_precision", "numerics", "plotting", "seeds", "tables",
+    "testing", "widgets",
     "compare_over_seeds", "format_spread", "over_seeds", "seed_spread", "verdict_phrase",
     "BatchLoss", "batch_term", "output_distance", "SAM",
     "BitCollapse", "CollapseConfig", "bit_collapse",
