@@ -186,3 +186,60 @@ def regret(allocations: pd.DataFrame, optimum: pd.DataFrame) -> pd.DataFrame:
     opt = out.average_bits.map(best)
     out["regret_pct"] = 100 * (out.loss - opt) / opt
     return out
+
+
+WIDTHS = (2, 3, 4, 5, 6, 7, 8, 10, 12, 16)
+
+
+def digits_study(
+    model: str = "mlp",
+    seeds: int | Sequence[int] = 5,
+    widths: Sequence[int] = WIDTHS,
+    average_bits: Sequence[float] = (3, 4, 6, 8),
+    n_configurations: int = 100,
+    optimum: bool = True,
+    n_curvature: int = 256,
+    progress: bool = False,
+) -> dict[str, pd.DataFrame]:
+    """The mixed-precision experiment on a digits model, over training seeds.
+
+    Per seed: the model trained as :func:`quantlens.trained_digits_model` (30 epochs, the
+    seed's split), sensitivities on ``n_curvature`` fixed training images
+    (:func:`quantlens.layer_sensitivity`), then on the test set: rank agreement with the
+    measured damage, every allocation at every budget (:func:`evaluate_allocations`), with
+    ``optimum`` the brute-force measured optimum and each allocation's regret, and the
+    configuration-level Kendall τ over ``n_configurations`` random configurations.
+
+    Returns a dict of tidy tables, each with a ``seed`` column: ``sensitivity``,
+    ``agreement``, ``allocations``, ``optimum`` (if computed), ``configurations``
+    (Kendall τ per measure) and ``reference`` (FP32 loss and accuracy).
+    """
+    from .data import digits_loaders
+    from .seeds import _seed_list
+    from .sensitivity import layer_sensitivity, rank_agreement
+    from .train import trained_digits_model
+
+    out: dict[str, list] = {k: [] for k in ("sensitivity", "agreement", "allocations",
+                                            "optimum", "configurations", "reference")}
+    for seed in tqdm(_seed_list(seeds), desc="seeds", disable=not progress, leave=False):
+        net, _ = trained_digits_model(model, seed=seed)
+        sample, _ = digits_loaders(batch_size=n_curvature, seed=seed, shuffle_train=False,
+                                   n_train=n_curvature)
+        _, test = digits_loaders(seed=seed)
+        # predictive measures on training images, the damage that counts on held-out data
+        table = layer_sensitivity(net, sample, widths, seed=seed, oracle_loader=test)
+        ref = evaluate(net, test)
+        out["reference"].append(pd.DataFrame([{"seed": seed, "loss": ref.loss,
+                                               "accuracy": ref.accuracy}]))
+        out["sensitivity"].append(table.assign(seed=seed))
+        out["agreement"].append(rank_agreement(table).assign(seed=seed))
+        allocs = evaluate_allocations(net, test, table, average_bits)
+        if optimum:
+            sizes = table.drop_duplicates("layer").set_index("layer").n_params.to_dict()
+            opt = measured_optimum(net, test, sizes, widths, average_bits)
+            allocs = regret(allocs, opt)
+            out["optimum"].append(opt.assign(seed=seed))
+        out["allocations"].append(allocs.assign(seed=seed))
+        agree, _ = configuration_agreement(net, test, table, n_configurations, seed=seed)
+        out["configurations"].append(agree.assign(seed=seed))
+    return {k: pd.concat(v, ignore_index=True) for k, v in out.items() if v}

@@ -203,11 +203,14 @@ def layer_sensitivity(
     progress: bool = False,
     max_batches: int | None = None,
     layers: Sequence[str] | None = None,
+    oracle_loader: DataLoader | None = None,
     **defaults,
 ) -> pd.DataFrame:
     """Every measure of the module table for every quantizable layer and width.
 
-    ``layers`` restricts the analysis to those quantizable layers (default: all).
+    ``layers`` restricts the analysis to those quantizable layers (default: all). The
+    measured damage is taken on ``oracle_loader`` (e.g. held-out data; default ``loader``,
+    on which the predictive measures are computed).
     ``defaults`` complete the quantization spec of every layer (``symmetric``,
     ``granularity``, ``group_size``). ``fisher=False`` skips the Fisher (needs a criterion
     and ``(x, y)`` batches); ``hawq=False`` skips the Hessian traces (``trace_hvp``
@@ -242,7 +245,8 @@ def layer_sensitivity(
                 row["fisher"] = float((fish[name].to(delta.device) * delta ** 2).sum())
             rows.append(row)
     table = pd.DataFrame(rows)
-    measured = oracle(model, loader, bits, loss_fn, progress, max_batches, layers, **defaults)
+    measured = oracle(model, loader if oracle_loader is None else oracle_loader, bits,
+                      loss_fn, progress, max_batches, layers, **defaults)
     return table.merge(measured[["layer", "bits", "oracle_loss", "oracle_accuracy"]],
                        on=["layer", "bits"])
 

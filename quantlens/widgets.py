@@ -287,3 +287,64 @@ def bit_collapse_explorer(rho: dict | None = None, config=None, seed: int = 0) -
     redraw()
     return Explorer([widgets.HBox([w_set, w_opt]), widgets.HBox([w_rho, w_seed]), w_dir,
                      readout, out], "bit-collapse explorer")
+
+
+def allocation_explorer(model, loader, table, methods=("exact", "greedy", "proportional",
+                                                       "relaxed")) -> Explorer:
+    """Budget slider, measure and allocator: redraw the per-layer widths and measure them.
+
+    ``table`` is a :func:`quantlens.layer_sensitivity` table of ``model``; each change
+    allocates (:func:`quantlens.allocate`) and evaluates the quantized copy on ``loader``
+    (readout: measured accuracy and loss, against uniform widths at the same budget where
+    one exists). ``model`` is never modified. Static counterpart: the chapter's Pareto figure.
+    """
+    from .allocation import allocate, memory_budget
+    from .mixed_precision import _measure
+    from .sensitivity import MEASURES, cost_table
+
+    measures = [m for m in (*MEASURES, "oracle_loss") if m in table.columns and m not in (
+        "kappa", "spectral_norm")]
+    sizes = table.drop_duplicates("layer").set_index("layer").n_params.astype(int).to_dict()
+    kappa = table.drop_duplicates("layer").set_index("layer").kappa.to_dict()
+    widths = sorted(table.bits.unique())
+    w_avg = widgets.FloatSlider(value=4.0, min=float(widths[0]), max=float(widths[-1]),
+                                step=0.25, description="avg bits")
+    w_measure = widgets.Dropdown(options=measures, value=measures[0], description="measure")
+    w_method = widgets.Dropdown(options=list(methods), value=methods[0], description="method")
+    out = widgets.Output()
+    readout = widgets.HTML()
+
+    def redraw(_=None):
+        a = allocate(cost_table(table, w_measure.value), sizes,
+                     memory_budget(sizes, average_bits=w_avg.value), w_method.value,
+                     scores=kappa if w_method.value in ("proportional", "relaxed") else None)
+        loss, acc = _measure(model, loader, a.bits, nn_loss, {})
+        text = (f"<b>{w_method.value} on {w_measure.value}</b>: {a.average_bits:.2f} bits "
+                f"per weight, accuracy {100 * acc:.1f}%, loss {loss:.3f}")
+        if w_avg.value in widths:
+            u_loss, u_acc = _measure(model, loader, {n: int(w_avg.value) for n in sizes},
+                                     nn_loss, {})
+            text += f"; uniform int{int(w_avg.value)}: {100 * u_acc:.1f}%, loss {u_loss:.3f}"
+        readout.value = text
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(7, 3.2))
+            names = list(a.bits)
+            ax.bar(range(len(names)), [a.bits[n] for n in names], color="#0072B2")
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+            ax.set_ylabel("bits")
+            ax.axhline(w_avg.value, color="0.4", ls="--", lw=1, label="budget (average)")
+            ax.legend()
+            plt.show()
+            plt.close(fig)
+
+    for control in (w_avg, w_measure, w_method):
+        control.observe(redraw, names="value")
+    redraw()
+    return Explorer([widgets.HBox([w_avg, w_measure, w_method]), readout, out],
+                    "allocation explorer")
+
+
+def nn_loss(outputs, targets):
+    """Cross-entropy (the explorers' default loss)."""
+    return torch.nn.functional.cross_entropy(outputs, targets)

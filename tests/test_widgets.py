@@ -102,6 +102,20 @@ def test_bit_collapse_explorer_reproduces_the_experiment():
     assert "fp32, asam" in readout.value and "requantize" not in readout.value
 
 
+def test_allocation_explorer_reacts_and_leaves_model():
+    model, loader = _tiny()
+    table = ql.layer_sensitivity(model, loader, bits=(2, 4, 8), trace_hvp=4)
+    with model_unchanged(model):
+        box = ql.widgets.allocation_explorer(model, loader, table)
+        avg, measure, method = box.children[0].children
+        readout = box.children[1]
+        assert "exact on seed" in readout.value and "uniform int4" in readout.value
+        measure.value = "hawq"
+        method.value = "greedy"
+        avg.value = 3.0
+        assert "greedy on hawq" in readout.value and "uniform" not in readout.value
+
+
 def test_explorer_text_form_is_one_helpful_line():
     import torch
 
