@@ -116,6 +116,7 @@ lock:
 # chapters rerun a subset of each, which must agree bitwise. About 15 minutes on one core.
 sweep: env
 	$(PINNED) $(BIN)/python experiments/bit_collapse_sweep.py
+	$(PINNED) $(BIN)/python experiments/mixed_precision_sweep.py
 
 bench: env
 	$(BIN)/python -m pip install -c requirements.lock -e ".[bench]"

@@ -53,7 +53,7 @@ from .alpha import (
 from .batches import BatchLoss, batch_term, output_distance
 from .bitcollapse import BitCollapse, CollapseConfig, bit_collapse
 from .brittleness import fgsm, measure_brittleness, rotate_images, shift_images
-from .data import SENTENCES, DigitsSplit, digits_loaders, load_digits_split
+from .data import SENTENCES, DigitsSplit, digits_loaders, load_digits_split, sentence_loader
 from .guard import ModelSnapshot, eval_mode, preserved
 from .hessian import (
     EigenResult,
@@ -148,7 +148,8 @@ __all__ = [
     "QuantizedTensor", "calibrate_activations", "TinyTransformer", "WeightFakeQuant",
     "convert_qat", "digits_loaders",
     "error_report", "eval_mode", "evaluate", "fake_quantize", "fit", "integer_linear",
-    "load_digits_split", "load_pretrained", "make_model", "minilm_path", "prepare_qat",
+    "load_digits_split", "sentence_loader", "load_pretrained", "make_model", "minilm_path",
+    "prepare_qat",
     "preserved", "qparams", "quantizable_layers", "quantization_error", "quantization_sweep",
     "quantize", "quantize_dequantize", "quantize_model", "trained_digits_model",
 ]

@@ -109,3 +109,20 @@ SENTENCES: tuple[str, ...] = (
     "Python lists are mutable, whereas tuples cannot be changed after creation.",
     "Thanks so much for your help yesterday, it really made a difference.",
 )
+
+
+def sentence_loader(tokenizer, sentences=SENTENCES, batch_size: int = 10,
+                    max_length: int = 64) -> DataLoader:
+    """A DataLoader of tokenized sentences (dicts of model keywords, padded per batch, no
+    labels) for a Hugging Face encoder, e.g. with :func:`quantlens.output_distance`."""
+    if isinstance(sentences, str) or not sentences:
+        raise ValueError("sentences must be a non-empty sequence of strings")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    rows = [dict(tokenizer(s, truncation=True, max_length=max_length)) for s in sentences]
+
+    def collate(batch):
+        return dict(tokenizer.pad(batch, return_tensors="pt"))
+
+    return DataLoader(rows, batch_size=batch_size, collate_fn=collate)
+

@@ -243,3 +243,45 @@ def digits_study(
         agree, _ = configuration_agreement(net, test, table, n_configurations, seed=seed)
         out["configurations"].append(agree.assign(seed=seed))
     return {k: pd.concat(v, ignore_index=True) for k, v in out.items() if v}
+
+
+def encoder_study(
+    pretrained=None,
+    widths: Sequence[int] = (3, 4, 6, 8),
+    average_bits: Sequence[float] = (4, 6),
+    n_hvp: int = 10,
+    batch_size: int = 10,
+    progress: bool = False,
+) -> dict[str, pd.DataFrame]:
+    """Sensitivity and allocation for a pretrained encoder without labels.
+
+    The loss is the cosine distance of the sentence embeddings to the FP32 encoder's
+    (:func:`quantlens.output_distance`, on :data:`quantlens.SENTENCES`), over the encoder's
+    Linear layers; each row gets its ``kind`` (query, key, value, attention out, FFN in, FFN
+    out; :func:`quantlens.layer_kind`). The Fisher is skipped: the empirical Fisher of a
+    distance to the model itself is zero at the model. Returns ``sensitivity``,
+    ``agreement`` and ``allocations`` (measured embedding distance as ``loss``).
+    """
+    import copy
+
+    from .alpha import encoder_linear_layers, layer_kind
+    from .batches import output_distance
+    from .data import sentence_loader
+    from .models import load_pretrained
+    from .sensitivity import layer_sensitivity, rank_agreement
+
+    pre = load_pretrained() if pretrained is None else pretrained
+    model = pre.model
+    loader = sentence_loader(pre.tokenizer, batch_size=batch_size)
+    loss = output_distance(copy.deepcopy(model), "cosine")
+    layers = encoder_linear_layers(model)
+    table = layer_sensitivity(model, loader, widths, loss, fisher=False, trace_hvp=n_hvp,
+                              progress=progress, layers=layers)
+    table.insert(1, "kind", table.layer.map(layer_kind))
+    measures = ("seed", "hawq", "delta_sq", "oracle_loss")
+    allocations = evaluate_allocations(model, loader, table, average_bits, measures,
+                                       loss_fn=loss, progress=progress)
+    return {"sensitivity": table,
+            "agreement": rank_agreement(table, measures=["kappa", "spectral_norm", "seed",
+                                                         "delta_sq", "hawq"]),
+            "allocations": allocations}

@@ -76,3 +76,27 @@ def test_configuration_agreement_against_scipy():
     assert np.isfinite(agree.kendall).all()
     with pytest.raises(ValueError, match="n_configurations"):
         mp.configuration_agreement(model, loader, table, 2)
+
+
+def test_digits_study_tables():
+    out = mp.digits_study("mlp", seeds=[0], widths=(2, 4, 8), average_bits=(4,),
+                          n_configurations=5)
+    assert set(out) == {"sensitivity", "agreement", "allocations", "optimum",
+                        "configurations", "reference"}
+    assert (out["allocations"].seed == 0).all() and "regret_pct" in out["allocations"]
+    # the measured damage is taken on the test split, not on the curvature sample
+    net, _ = ql.trained_digits_model("mlp", seed=0)
+    _, test = ql.digits_loaders(seed=0)
+    row = out["sensitivity"].query("layer == 'net.5' and bits == 2").iloc[0]
+    base = ql.evaluate(net, test).loss
+    q = ql.evaluate(ql.quantize_model(net, {"net.5": 2}), test).loss
+    assert row.oracle_loss == pytest.approx(q - base)
+
+
+def test_sentence_loader_pads_per_batch():
+    pre = ql.load_pretrained()
+    loader = ql.data.sentence_loader(pre.tokenizer, ql.SENTENCES[:5], batch_size=2)
+    batches = list(loader)
+    assert len(batches) == 3 and set(batches[0]) >= {"input_ids", "attention_mask"}
+    with pytest.raises(ValueError, match="sentences"):
+        ql.data.sentence_loader(pre.tokenizer, "one sentence")

@@ -69,7 +69,7 @@ def test_makefile_installs_with_the_lock():
 
 def test_there_are_chapters():
     assert [p.stem for p in CHAPTERS] == ["alpha", "bit_collapse", "hessian", "landscape",
-                                          "quantization"]
+                                          "mixed_precision", "quantization"]
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
