@@ -321,3 +321,44 @@ def seed_costs(scores: Mapping[str, float], bits: Sequence[int]) -> pd.DataFrame
     s = np.array([float(scores[n]) for n in names])
     return pd.DataFrame(s[:, None] * 2.0 ** -np.array(bits, dtype=float)[None, :],
                         index=names, columns=list(bits))
+
+
+def layer_macs(model, example_input) -> dict[str, int]:
+    """Multiply-accumulates per example of every Linear and Conv layer, from one forward
+    pass on ``example_input`` (a tensor batch, or a mapping of model keywords). For a
+    bit-operation budget use ``weights = {ℓ: macs_ℓ × activation bits}`` (then
+    ``Σ_ℓ w_ℓ b_ℓ`` counts BOPs per example)."""
+    import torch
+    from torch import nn
+
+    from .guard import eval_mode
+    from .quantize import quantizable_layers
+
+    layers = {n: m for n, m in quantizable_layers(model).items()
+              if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+    if not layers:
+        raise ValueError("model has no Linear or Conv layer")
+    macs: dict[str, int] = {}
+
+    def hook(name, module, args, out):
+        n = args[0].shape[0] if args[0].ndim > 1 else 1
+        if isinstance(module, nn.Linear):
+            count = out.numel() // n * module.in_features
+        else:
+            k = int(np.prod(module.kernel_size))
+            count = out.numel() // n * (module.in_channels // module.groups) * k
+        macs[name] = macs.get(name, 0) + int(count)
+
+    handles = [m.register_forward_hook(lambda mod, a, o, name=n: hook(name, mod, a, o))
+               for n, m in layers.items()]
+    try:
+        with eval_mode(model), torch.no_grad():
+            if isinstance(example_input, Mapping):
+                model(**example_input)
+            else:
+                model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: macs[n] for n in layers if n in macs}
+

@@ -43,7 +43,7 @@ def evaluate_allocations(
     table: pd.DataFrame,
     average_bits: Sequence[float],
     measures: Sequence[str] = ("seed", "hawq", "fisher", "delta_sq", "oracle_loss"),
-    methods: Sequence[str] = ("exact", "greedy", "proportional", "relaxed"),
+    methods: Sequence[str] = ("exact", "monotone", "greedy", "proportional", "relaxed"),
     loss_fn=nn.functional.cross_entropy,
     progress: bool = False,
     **defaults,
@@ -53,8 +53,10 @@ def evaluate_allocations(
     ``table`` is a :func:`quantlens.layer_sensitivity` table of ``model`` (its ``bits`` are
     the allowed widths, its ``n_params`` the memory weights); budgets are average bits per
     weight. ``"proportional"``/``"relaxed"`` use the seed's score (``kappa``) whatever the
-    measure, so they are run once, as measure ``"seed"``. Uniform widths are added as method
-    ``"uniform"`` where a budget is a width of ``table``. Returns one row per allocation:
+    measure, so they are run once, as measure ``"seed"``; ``"monotone"`` orders the layers
+    by their mean cost over the widths (least sensitive first), as NNCF orders by trace.
+    Uniform widths are added as method ``"uniform"`` where a budget is a width of
+    ``table``. Returns one row per allocation:
     ``average_bits`` (the budget), ``measure, method, used_bits`` (achieved average),
     ``predicted`` (the allocation's cost), ``loss, accuracy, bits`` (a ``{layer: width}``
     dict).
@@ -78,8 +80,11 @@ def evaluate_allocations(
             predicted, used = np.nan, float(avg)
         else:
             scores = kappa if method in ("proportional", "relaxed") else None
-            a = allocate(cost_table(table, m), sizes, memory_budget(sizes, average_bits=avg),
-                         method, scores=scores)
+            costs = cost_table(table, m)
+            # NNCF's HAWQ rule: widths never decrease with the measure's sensitivity order
+            order = list(costs.mean(axis=1).sort_values(kind="stable").index)
+            a = allocate(costs, sizes, memory_budget(sizes, average_bits=avg), method,
+                         scores=scores, order=order)
             bits, predicted, used = a.bits, a.cost, a.average_bits
         loss, acc = _measure(model, loader, bits, loss_fn, defaults)
         rows.append({"average_bits": float(avg), "measure": m, "method": method,

@@ -34,7 +34,12 @@ def test_allocations_are_measured_directly():
         ev = ql.evaluate(q, loader)
         assert row.loss == pytest.approx(ev.loss) and row.accuracy == ev.accuracy
         assert row.used_bits <= row.average_bits + 1e-9
-    assert set(out.query("measure == 'hawq'").method) == {"exact", "greedy"}
+    assert set(out.query("measure == 'hawq'").method) == {"exact", "monotone", "greedy"}
+    costs = se.cost_table(table, "hawq")
+    order = list(costs.mean(axis=1).sort_values(kind="stable").index)
+    for bits in out.query("method == 'monotone'").bits:
+        widths = [bits[n] for n in order]
+        assert widths == sorted(widths)
 
 
 def test_measured_optimum_is_the_brute_force_minimum():
