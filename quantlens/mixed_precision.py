@@ -42,7 +42,7 @@ def evaluate_allocations(
     loader: DataLoader,
     table: pd.DataFrame,
     average_bits: Sequence[float],
-    measures: Sequence[str] = ("seed", "hawq", "fisher", "delta_sq", "oracle_loss"),
+    measures: Sequence[str] = ("kappa_cost", "hawq", "fisher", "delta_sq", "oracle_loss"),
     methods: Sequence[str] = ("exact", "monotone", "greedy", "proportional", "relaxed"),
     loss_fn=nn.functional.cross_entropy,
     progress: bool = False,
@@ -53,7 +53,7 @@ def evaluate_allocations(
     ``table`` is a :func:`quantlens.layer_sensitivity` table of ``model`` (its ``bits`` are
     the allowed widths, its ``n_params`` the memory weights); budgets are average bits per
     weight. ``"proportional"``/``"relaxed"`` use the seed's score (``kappa``) whatever the
-    measure, so they are run once, as measure ``"seed"``; ``"monotone"`` orders the layers
+    measure, so they are run once, as measure ``"kappa_cost"``; ``"monotone"`` orders the layers
     by their mean cost over the widths (least sensitive first), as NNCF orders by trace.
     Uniform widths are added as method ``"uniform"`` where a budget is a width of
     ``table``. Returns one row per allocation:
@@ -70,7 +70,7 @@ def evaluate_allocations(
             runs.append((avg, "uniform", "uniform"))
         for m in measures:
             for method in methods:
-                if method in ("proportional", "relaxed") and m != "seed":
+                if method in ("proportional", "relaxed") and m != "kappa_cost":
                     continue
                 runs.append((avg, m, method))
     rows = []
@@ -141,7 +141,7 @@ def configuration_agreement(
     loader: DataLoader,
     table: pd.DataFrame,
     n_configurations: int = 100,
-    measures: Sequence[str] = ("seed", "hawq", "fisher", "delta_sq", "oracle_loss"),
+    measures: Sequence[str] = ("kappa_cost", "hawq", "fisher", "delta_sq", "oracle_loss"),
     seed: int = 0,
     loss_fn=nn.functional.cross_entropy,
     progress: bool = False,
@@ -283,10 +283,10 @@ def encoder_study(
     table = layer_sensitivity(model, loader, widths, loss, fisher=False, trace_hvp=n_hvp,
                               progress=progress, layers=layers)
     table.insert(1, "kind", table.layer.map(layer_kind))
-    measures = ("seed", "hawq", "delta_sq", "oracle_loss")
+    measures = ("kappa_cost", "hawq", "delta_sq", "oracle_loss")
     allocations = evaluate_allocations(model, loader, table, average_bits, measures,
                                        loss_fn=loss, progress=progress)
     return {"sensitivity": table,
-            "agreement": rank_agreement(table, measures=["kappa", "spectral_norm", "seed",
+            "agreement": rank_agreement(table, measures=["kappa", "spectral_norm", "kappa_cost",
                                                          "delta_sq", "hawq"]),
             "allocations": allocations}

@@ -9,7 +9,7 @@ column               measure
 ``kappa``            condition number ``σ_max / σ_min`` of ``W_ℓ`` (as a matrix: output
                      channels × fan-in), the seed document's curvature ``κ_ℓ``
 ``spectral_norm``    ``σ_max(W_ℓ)``, the layer's Lipschitz constant (Linear layers)
-``seed``             the seed document's cost ``κ_ℓ 2^{-b}``
+``kappa_cost``       the seed document's cost ``κ_ℓ 2^{-b}``
 ``delta_sq``         ``‖ΔW‖²``: the quantization error alone
 ``hawq``             HAWQ-V2: ``tr(H_ℓℓ)/n_ℓ · ‖ΔW‖²`` (mean Hessian trace of the layer's
                      weight block, :func:`block_traces`)
@@ -45,7 +45,7 @@ from .quantize import (
 )
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | BatchLoss
-MEASURES = ("kappa", "spectral_norm", "seed", "delta_sq", "hawq", "fisher")
+MEASURES = ("kappa", "spectral_norm", "kappa_cost", "delta_sq", "hawq", "fisher")
 
 
 def _layers(model: nn.Module, layers: Sequence[str] | None) -> dict[str, nn.Module]:
@@ -238,7 +238,7 @@ def layer_sensitivity(
             st = stats.loc[name]
             row = {"layer": name, "bits": b, "n_params": int(st.n_params),
                    "kappa": st.kappa, "spectral_norm": st.spectral_norm,
-                   "seed": st.kappa * 2.0 ** -b, "delta_sq": float((delta ** 2).sum())}
+                   "kappa_cost": st.kappa * 2.0 ** -b, "delta_sq": float((delta ** 2).sum())}
             if traces is not None:
                 row["hawq"] = float(traces.loc[name, "trace_per_param"]) * row["delta_sq"]
             if fish is not None:

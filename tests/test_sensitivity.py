@@ -56,13 +56,13 @@ def test_sensitivity_table_against_direct_computation():
     table = assert_model_unchanged(model, se.layer_sensitivity, model, loader, bits=(2, 4),
                                    trace_hvp=12)
     assert list(table.columns) == ["layer", "bits", "n_params", "kappa", "spectral_norm",
-                                   "seed", "delta_sq", "hawq", "fisher", "oracle_loss",
+                                   "kappa_cost", "delta_sq", "hawq", "fisher", "oracle_loss",
                                    "oracle_accuracy"]
     row = table.set_index(["layer", "bits"]).loc[("3", 2)]
     w = model[3].weight.detach()
     delta = (ql.quantize_dequantize(w, 2) - w).double()
     assert row.delta_sq == pytest.approx(float((delta ** 2).sum()))
-    assert row.seed == pytest.approx(row.kappa / 4)
+    assert row.kappa_cost == pytest.approx(row.kappa / 4)
     tr = se.block_traces(model, loader, n_hvp=12)
     assert row.hawq == pytest.approx(tr.loc["3", "trace_per_param"] * row.delta_sq)
     fisher = se.diagonal_fisher(model, loader)["3"]

@@ -109,7 +109,7 @@ def test_allocation_explorer_reacts_and_leaves_model():
         box = ql.widgets.allocation_explorer(model, loader, table)
         avg, measure, method = box.children[0].children
         readout = box.children[1]
-        assert "exact on seed" in readout.value and "uniform int4" in readout.value
+        assert "exact on kappa_cost" in readout.value and "uniform int4" in readout.value
         measure.value = "hawq"
         method.value = "greedy"
         avg.value = 3.0
