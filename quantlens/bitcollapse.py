@@ -128,11 +128,12 @@ class Setting:
             raise ValueError(f"setting {name!r}: bits must be in [2, 16]")
         return cls(name, bits, m.group(3) is not None)
 
-    def spec(self, model: nn.Module, config: CollapseConfig):
-        """The :func:`prepare_qat`/:func:`quantize_model` spec of this setting, or None."""
-        if self.bits is None:
+    def spec(self, model: nn.Module, config: CollapseConfig, bits: int | None = None):
+        """The :func:`prepare_qat`/:func:`quantize_model` spec of this setting (at ``bits``
+        instead of the setting's own width, if given), or None for FP32."""
+        if self.bits is None and bits is None:
             return None
-        q = QuantSpec(self.bits, config.symmetric, config.granularity)
+        q = QuantSpec(self.bits if bits is None else bits, config.symmetric, config.granularity)
         return {list(quantizable_layers(model))[-1]: q} if self.last_only else q
 
 
@@ -305,10 +306,7 @@ def measure(deployed: nn.Module, latent: nn.Module, setting: str,
                           config.shifts, config.rotations, config.fgsm_epsilons)
     deploy = []
     for b in config.deploy_bits:
-        q = QuantSpec(b, config.symmetric, config.granularity)
-        if s.last_only:
-            q = {list(quantizable_layers(latent))[-1]: q}
-        e = evaluate(quantize_model(latent, q), test)
+        e = evaluate(quantize_model(latent, s.spec(latent, config, b)), test)
         deploy.append({"deploy_bits": b, "accuracy": e.accuracy, "loss": e.loss})
     scalars = pd.DataFrame([{"test_accuracy": ev.accuracy, "test_loss": ev.loss,
                              "lambda_max": lam, "trace": tr.value, "trace_se": tr.stderr}])

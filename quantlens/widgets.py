@@ -318,12 +318,12 @@ def allocation_explorer(model, loader, table, methods=("exact", "greedy", "propo
         a = allocate(cost_table(table, w_measure.value), sizes,
                      memory_budget(sizes, average_bits=w_avg.value), w_method.value,
                      scores=kappa if w_method.value in ("proportional", "relaxed") else None)
-        loss, acc = _measure(model, loader, a.bits, nn_loss, {})
+        loss, acc = _measure(model, loader, a.bits, torch.nn.functional.cross_entropy, {})
         text = (f"<b>{w_method.value} on {w_measure.value}</b>: {a.average_bits:.2f} bits "
                 f"per weight, accuracy {100 * acc:.1f}%, loss {loss:.3f}")
         if w_avg.value in widths:
             u_loss, u_acc = _measure(model, loader, {n: int(w_avg.value) for n in sizes},
-                                     nn_loss, {})
+                                     torch.nn.functional.cross_entropy, {})
             text += f"; uniform int{int(w_avg.value)}: {100 * u_acc:.1f}%, loss {u_loss:.3f}"
         readout.value = text
         with out:
@@ -344,7 +344,3 @@ def allocation_explorer(model, loader, table, methods=("exact", "greedy", "propo
     return Explorer([widgets.HBox([w_avg, w_measure, w_method]), readout, out],
                     "allocation explorer")
 
-
-def nn_loss(outputs, targets):
-    """Cross-entropy (the explorers' default loss)."""
-    return torch.nn.functional.cross_entropy(outputs, targets)
