@@ -43,11 +43,9 @@ from .allocation import Allocation, allocate, memory_budget
 from .alpha import (
     AlphaSimilarity,
     AlphaSweep,
-    EmbeddingSimilarity,
     alpha_summary,
     alpha_sweep,
     alpha_vs_similarity,
-    embedding_similarity,
     encoder_linear_layers,
     layer_kind,
     weightwatcher_analyze,
@@ -97,6 +95,7 @@ from .models import (
     minilm_path,
 )
 from .numerics import Numerics, install_kernel, pinned_env, reproducible
+from .outcomes import EmbeddingSimilarity, embedding_similarity
 from .quantize import (
     GRANULARITIES,
     QUANTIZABLE_LAYERS,

@@ -47,9 +47,9 @@ for square matrices and 2-3x faster for tall ones (1536 x 384, 30522 x 384). On 
 CUDA, weightwatcher 0.7.7 itself rounds the weights to float16 and takes float32 GPU SVDs, so
 its numbers there differ from these (and from its own CPU numbers) at the ~1e-3 level.
 
-:func:`embedding_similarity` measures a task signal beside ``α``: how far the sentence
-embeddings of a pretrained encoder (all-MiniLM-L6-v2 by default) move when its Linear layers
-are quantized; :func:`alpha_vs_similarity` correlates the two.
+:func:`quantlens.outcomes.embedding_similarity` measures a task signal beside ``α``: how far
+the sentence embeddings of a pretrained encoder (all-MiniLM-L6-v2 by default) move when its
+Linear layers are quantized; :func:`alpha_vs_similarity` correlates the two.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cache, partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -73,10 +74,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import SENTENCES
 from .guard import preserved
 from .models import Pretrained, load_pretrained
 from .quantize import GRANULARITIES, QuantSpec, quantize_dequantize
+
+if TYPE_CHECKING:
+    from .outcomes import EmbeddingSimilarity
 
 #: Defaults of ``WeightWatcher.analyze`` (0.7.7) for which layers are analysed.
 WW_MIN_EVALS, WW_MAX_EVALS, WW_MAX_N = 8, 15000, 50000
@@ -115,21 +118,6 @@ class AlphaSweep:
         n = df.loc[df["bits"].isna(), "layer"].nunique()
         settings = df[["granularity", "bits"]].drop_duplicates().shape[0]
         return f"AlphaSweep({n} layers x {settings} settings, source={self.source})"
-
-
-@dataclass(frozen=True)
-class EmbeddingSimilarity:
-    """Cosine similarity of quantized to FP sentence embeddings, per setting.
-
-    ``table``: ``granularity, bits, cos_mean, cos_min, similarity_drop`` (``1 - cos_mean``),
-    baseline row first. ``layers``: the names of the Linear layers that were quantized.
-    """
-
-    table: pd.DataFrame
-    layers: tuple[str, ...]
-
-    def __repr__(self) -> str:
-        return f"EmbeddingSimilarity({len(self.layers)} quantized layers)\n{self.table}"
 
 
 @dataclass(frozen=True)
@@ -787,90 +775,6 @@ def _as_pretrained(source) -> Pretrained:
                     f"embedded all-MiniLM-L6-v2), got {type(source).__name__}")
 
 
-def _mean_pooled(model: nn.Module, batch: dict, params: dict) -> torch.Tensor:
-    """Mean of the last hidden states over the attention mask (sentence-transformers)."""
-    out = torch.func.functional_call(model, params, args=(), kwargs=batch)
-    tokens = out[0].double()
-    mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
-    return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-
-
-def embedding_similarity(
-    source=None,
-    bits: Sequence[int | None] = DEFAULT_BITS,
-    granularities: Sequence[str] = ("tensor", "channel", "group"),
-    group_size: int = 128,
-    sentences: Sequence[str] = SENTENCES,
-    max_length: int = 256,
-    progress: bool = True,
-) -> EmbeddingSimilarity:
-    """Cosine similarity of quantized to unquantized sentence embeddings.
-
-    Sentence embedding (as sentence-transformers computes it for all-MiniLM-L6-v2): the mean
-    of the encoder's last hidden states over the attention mask, ``e = Σ_t m_t h_t / Σ_t m_t``
-    (the final L2 normalization does not change cosines). For each setting the weights of
-    all ``nn.Linear`` layers of the encoder (:func:`encoder_linear_layers`) are replaced by
-    ``quantize_dequantize(W, QuantSpec(b, granularity=g))`` and, per sentence ``s``,
-    ``cos(e_s^Q, e_s)`` is computed; the table reports its mean and min over sentences.
-    Embedding tables (word, position, token type), LayerNorms, biases and the pooler stay in
-    full precision, as in the seed study ("all Linear layer weights") and in weight-only
-    LLM.int8 / NF4 (bitsandbytes), GPTQ and AWQ, which quantize the Linear layers of the
-    transformer blocks only.
-
-    The model is evaluated with ``torch.func.functional_call`` (its parameters are never
-    written) in eval mode inside :func:`quantlens.guard.preserved`, so it comes back
-    unchanged, also if an error is raised. The baseline row runs the same path with the
-    original weights, so ``cos = 1`` there checks the pipeline.
-
-    Parameters
-    ----------
-    source : Pretrained, str, Path or None
-        A :class:`~quantlens.models.Pretrained` (model and tokenizer), a Hugging Face folder,
-        or None for the embedded all-MiniLM-L6-v2.
-    bits, granularities, group_size
-        As in :func:`alpha_sweep`.
-    sentences : sequence of str
-        Default: :data:`quantlens.data.SENTENCES` (20 varied English sentences).
-    max_length : int
-        Tokens per sentence (256, the model's ``max_seq_length``).
-    progress : bool
-        Show a progress bar over settings.
-    """
-    settings = _settings(bits, granularities, group_size)
-    _check_positive_int("max_length", max_length)
-    if isinstance(sentences, str) or not isinstance(sentences, Sequence) or not sentences:
-        raise TypeError("sentences must be a non-empty sequence of strings")
-    if not all(isinstance(s, str) and s.strip() for s in sentences):
-        raise ValueError("sentences must all be non-empty strings")
-    pre = _as_pretrained(source)
-    model, tokenizer = pre.model, pre.tokenizer
-    if tokenizer is None:
-        raise ValueError(f"source {pre.path} has no tokenizer")
-    names = encoder_linear_layers(model)
-    modules = dict(model.named_modules())
-    batch = dict(tokenizer(list(sentences), padding=True, truncation=True,
-                           max_length=max_length, return_tensors="pt"))
-    rows = []
-    with preserved(model), torch.no_grad():
-        model.eval()
-        device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in batch.items()}
-        weights = {f"{n}.weight": modules[n].weight.detach() for n in names}
-        ref = _mean_pooled(model, batch, {})
-        runs = [(None, "none", None)] + settings
-        for b, g, spec in tqdm(runs, desc="embeddings", disable=not progress, leave=False):
-            params = (weights if spec is None else
-                      {k: quantize_dequantize(w, spec) for k, w in weights.items()})
-            cos = torch.nn.functional.cosine_similarity(
-                _mean_pooled(model, batch, params), ref, dim=1)
-            rows.append({"granularity": g, "bits": b, "cos_mean": float(cos.mean()),
-                         "cos_min": float(cos.min())})
-    table = pd.DataFrame(rows)
-    table["bits"] = table["bits"].astype("Int64")
-    table["similarity_drop"] = 1.0 - table["cos_mean"]
-    return EmbeddingSimilarity(table=table, layers=tuple(names))
-
-
 def alpha_vs_similarity(sweep: AlphaSweep | pd.DataFrame,
                         similarity: EmbeddingSimilarity) -> AlphaSimilarity:
     """Correlate the change of ``α`` with the drop of embedding similarity across settings.
@@ -882,6 +786,8 @@ def alpha_vs_similarity(sweep: AlphaSweep | pd.DataFrame,
     ``y = similarity_drop = 1 - mean cos``; Pearson ``r`` and Spearman ``ρ`` (Pearson of the
     ranks) over all settings and within each granularity (NaN with fewer than 3 points).
     """
+    from .outcomes import EmbeddingSimilarity
+
     layers = sweep.layers if isinstance(sweep, AlphaSweep) else sweep
     if not isinstance(similarity, EmbeddingSimilarity):
         raise TypeError("similarity must be an EmbeddingSimilarity, got "

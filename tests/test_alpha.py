@@ -319,13 +319,13 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="names"):
         qa.alpha_summary(layers, ["nope"])
     with pytest.raises(TypeError, match="sentences"):
-        qa.embedding_similarity(sentences=[])
+        ql.embedding_similarity(sentences=[])
     with pytest.raises(ValueError, match="sentences"):
-        qa.embedding_similarity(sentences=["ok", " "])
+        ql.embedding_similarity(sentences=["ok", " "])
     with pytest.raises(ValueError, match="bits"):
-        qa.embedding_similarity(bits=(20,))
+        ql.embedding_similarity(bits=(20,))
     with pytest.raises(TypeError, match="source"):
-        qa.embedding_similarity(source=model)
+        ql.embedding_similarity(source=model)
 
 
 def _reference_cosines(pre, spec, sentences) -> torch.Tensor:
@@ -350,7 +350,7 @@ def test_embedding_similarity(minilm, monkeypatch):
     model = minilm.model
     model.train()  # the function must evaluate in eval mode and give the flag back
     try:
-        sim = assert_model_unchanged(model, qa.embedding_similarity, minilm, bits=(None, 8, 4, 2),
+        sim = assert_model_unchanged(model, ql.embedding_similarity, minilm, bits=(None, 8, 4, 2),
                                      granularities=("tensor", "channel"), progress=False)
         assert model.training
     finally:
@@ -379,9 +379,9 @@ def test_embedding_similarity(minilm, monkeypatch):
             raise RuntimeError("injected failure")
         return quantize_dequantize(x, spec)
 
-    monkeypatch.setattr(qa, "quantize_dequantize", failing)
+    monkeypatch.setattr(ql.outcomes, "quantize_dequantize", failing)
     with model_unchanged(model), pytest.raises(RuntimeError, match="injected"):
-        qa.embedding_similarity(minilm, bits=(8, 4), granularities="tensor", progress=False)
+        ql.embedding_similarity(minilm, bits=(8, 4), granularities="tensor", progress=False)
 
 
 def test_alpha_vs_similarity_joins_and_correlates():
@@ -404,7 +404,7 @@ def test_alpha_vs_similarity_joins_and_correlates():
     table = pd.DataFrame([{"granularity": g, "bits": b, "cos_mean": 1 - drops[b, g],
                            "cos_min": 1 - 2 * drops[b, g], "similarity_drop": drops[b, g]}
                           for b, g in settings]).astype({"bits": "Int64"})
-    sim = qa.EmbeddingSimilarity(table=table, layers=tuple(names))
+    sim = ql.EmbeddingSimilarity(table=table, layers=tuple(names))
     result = qa.alpha_vs_similarity(layers, sim)
     assert len(result.table) == 8 and result.table["bits"].notna().all()
     summary = qa.alpha_summary(layers, names)
