@@ -16,6 +16,9 @@ sharpness), :mod:`~quantlens.train` (seeded training, evaluation, PTQ sweeps),
 :mod:`~quantlens.outcomes` (measured outcomes of a variant: SQNR, output KL, agreement),
 :mod:`~quantlens.mixed_precision` (allocations measured: regret against the measured optimum,
 configuration-level agreement),
+:mod:`~quantlens.diagnose` (QuantDiagnostic: every measure of a model and its variants in one
+table, figure and report), :mod:`~quantlens.verdicts` (verdict rules validated against
+measured damage),
 :mod:`~quantlens.guard` (leave the caller's model unchanged), :mod:`~quantlens.plotting`,
 :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
@@ -27,6 +30,7 @@ from . import (
     bitcollapse,
     bounds,
     brittleness,
+    diagnose,
     hessian,
     landscape,
     mixed_precision,
@@ -37,6 +41,7 @@ from . import (
     sensitivity,
     tables,
     testing,
+    verdicts,
     widgets,
 )
 from .allocation import Allocation, allocate, memory_budget
@@ -54,6 +59,7 @@ from .batches import BatchLoss, batch_term, output_distance
 from .bitcollapse import BitCollapse, CollapseConfig, bit_collapse
 from .brittleness import fgsm, measure_brittleness, rotate_images, shift_images
 from .data import SENTENCES, DigitsSplit, digits_loaders, load_digits_split, sentence_loader
+from .diagnose import DiagnosticResult, QuantDiagnostic, dequantized_view
 from .guard import ModelSnapshot, eval_mode, preserved
 from .hessian import (
     EigenResult,
@@ -125,7 +131,9 @@ from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits
 __version__ = "0.1.0"
 
 __all__ = [
-    "allocation", "bounds", "sensitivity", "alpha", "batches", "bitcollapse", "brittleness",
+    "allocation", "bounds", "diagnose", "verdicts",
+    "DiagnosticResult", "QuantDiagnostic", "dequantized_view",
+    "sensitivity", "alpha", "batches", "bitcollapse", "brittleness",
     "hessian", "landscape", "mixed_precision", "numerics", "outcomes", "plotting", "seeds",
     "tables",
     "testing", "widgets",

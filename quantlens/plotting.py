@@ -500,3 +500,80 @@ def plot_correlations(table: pd.DataFrame, ax: plt.Axes | None = None,
     if title:
         ax.set_title(title)
     return ax
+
+
+def plot_diagnostic(result) -> plt.Figure:
+    """The figure of a :class:`quantlens.diagnose.DiagnosticResult`: six panels at the book's
+    column width — the measured outcome per variant, ``λ_max`` and trace ratios to FP32 (the
+    seed's 1.5 line), basin width, per-layer weight SQNR, per-layer damage (enable one), and
+    how well each per-layer metric ranked that damage (Spearman)."""
+    v = result.variants
+    names = list(v["variant"])
+    y = np.arange(len(names))[::-1]
+    colors = [PALETTE[i % len(PALETTE)] for i in range(len(names))]
+    fig, axes = panels(6, height=2.6 + 0.12 * len(names))
+    ax = axes[0]
+    if result.label_free:
+        vals, label = v["cosine"].fillna(1.0), "embedding cosine to FP32"
+    else:
+        vals, label = 100 * v["accuracy"], "accuracy (%)"
+    ax.barh(y, vals, color=colors)
+    ax.set_yticks(y, names)
+    ax.set_xlabel(label)
+    ax.set_title("measured outcome")
+    if not result.label_free:
+        ax.axvline(100 * v["accuracy"].iloc[0], color="0.3", lw=0.8, ls="--")
+    ax = axes[1]
+    if "lambda_max_ratio" in v:
+        ax.barh(y + 0.2, v["lambda_max_ratio"], height=0.4, color=PALETTE[0], label="λmax")
+        ax.barh(y - 0.2, v["trace_ratio"], height=0.4, color=PALETTE[1], label="trace")
+        ax.axvline(1.5, color=PALETTE[3], lw=1, ls="--", label="seed's 1.5 rule")
+        ax.set_xscale("log")
+        top = np.nanmax(np.r_[v["lambda_max_ratio"], v["trace_ratio"], 1.5])
+        ax.set_xlim(right=top * 40)  # room for the legend
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_yticks(y, names)
+    ax.set_xlabel("curvature ratio to FP32 (log)")
+    ax.set_title("Hessian")
+    ax = axes[2]
+    if "basin_width" in v:
+        ax.barh(y, v["basin_width"], color=colors)
+    ax.set_yticks(y, names)
+    ax.set_xlabel("mean basin width (filter-normalized units)")
+    ax.set_title("loss basin")
+    lay = result.layers
+    for ax, col, title, ylabel in ((axes[3], "weight_sqnr_db", "per-layer weight error",
+                                    "weight SQNR (dB)"),
+                                   (axes[4], "enable_one_loss", "per-layer damage (enable one)",
+                                    "loss increase (nats)")):
+        if not lay.empty:
+            order = list(dict.fromkeys(lay["layer"]))
+            for i, (name, g) in enumerate(lay.groupby("variant", sort=False)):
+                g = g.set_index("layer").loc[order]
+                ax.plot(range(len(order)), g[col], marker=MARKERS[i % len(MARKERS)], ms=4,
+                        color=colors[names.index(name)], label=name)
+            step = max(1, len(order) // 8)
+            ax.set_xticks(range(0, len(order), step),
+                          [order[i] for i in range(0, len(order), step)], rotation=45,
+                          ha="right", fontsize=8)
+            if col == "enable_one_loss":
+                ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+    if not lay.empty:
+        axes[3].legend(fontsize=8)
+    ax = axes[5]
+    g = result.grading
+    if not g.empty:
+        yy = np.arange(len(g))[::-1]
+        ax.barh(yy, g["spearman"], color=PALETTE[2], label="all rows")
+        ax.scatter(g["spearman_within"], yy, color="k", zorder=3, s=14,
+                   label="mean within a variant")
+        ax.set_yticks(yy, g["label"])
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.set_xlim(-1, 1)
+        ax.legend(loc="upper left", fontsize=8)
+    ax.set_xlabel("Spearman ρ with measured damage")
+    ax.set_title("which metric ranks layers")
+    return fig
