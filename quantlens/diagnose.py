@@ -14,8 +14,9 @@ column                       what
 ``output_sqnr_db``,          :func:`quantlens.outcomes.output_agreement`: outputs' SQNR,
 ``cosine``, ``kl``,          mean cosine, ``KL(softmax f ‖ softmax v)``, top-1 agreement
 ``top1_agreement``
-``lambda_max``, ``trace``    of the loss Hessian at the variant's dequantized weights
-                             (Lanczos, Hutch++), and their ratios to FP32's
+``lambda_max``, ``trace``    of the loss Hessian with respect to the analysed layers'
+                             parameters (the ones quantization moves), at the variant's
+                             dequantized weights (Lanczos, Hutch++); ratios to FP32's
 ``basin_width``              mean width of the loss basin along filter-normalized random
                              directions (:func:`quantlens.basin_widths`), ratio to FP32's
 ``weight_sqnr_db_min``       the lowest per-layer weight SQNR
@@ -185,7 +186,10 @@ def dequantized_view(model: nn.Module) -> tuple[nn.Module, str, dict[str, QuantS
                 del m.input_quant
         return view, "qat", specs
     view, source = copy.deepcopy(model), "float"
+    replaced: list[str] = []
     for name, m in list(view.named_modules()):
+        if any(name.startswith(r + ".") for r in replaced):
+            continue  # inside a module already replaced (its packed parameters)
         path = type(m).__module__
         if path.startswith("torch.ao.nn.quantized.dynamic") and hasattr(m, "in_features"):
             w, b = m.weight().dequantize(), m.bias()
@@ -195,6 +199,7 @@ def dequantized_view(model: nn.Module) -> tuple[nn.Module, str, dict[str, QuantS
                 if b is not None:
                     new.bias.copy_(b)
             _set_module(view, name, new)
+            replaced.append(name)
             source = "torch.ao dynamic"
         elif path.startswith(("torch.ao.nn.quantized", "torch.nn.quantized")):
             raise TypeError(f"model: layer {name!r} is a static torch.ao quantized module "
@@ -534,15 +539,18 @@ class QuantDiagnostic:
                    "size_method": v.size_method, "loss": ev.loss, "accuracy": ev.accuracy}
             if v.name != "fp32":
                 agree = output_agreement(fp32, v.model, self.eval_loader, mb)
-                row.update({k: agree.get(k, math.nan) for k in
-                            ("output_sqnr_db", "cosine", "kl", "top1_agreement")})
+                # KL and top-1 agreement need logits: meaningless on embeddings
+                keys = ("output_sqnr_db", "cosine") if self.label_free else (
+                    "output_sqnr_db", "cosine", "kl", "top1_agreement")
+                row.update({k: agree.get(k, math.nan) for k in keys})
                 f_mods, v_mods = dict(fp32.named_modules()), dict(v.view.named_modules())
                 row["weight_sqnr_db_min"] = min(sqnr(f_mods[k].weight, v_mods[k].weight)
                                                 for k in self.layers)
             seconds["outcomes"] = seconds.get("outcomes", 0) + time.perf_counter() - t0
             if s["hessian"]:
                 t0 = time.perf_counter()
-                op = HessianOperator(v.view, self.loader, loss_fn=loss_fn, max_batches=hb)
+                op = HessianOperator(v.view, self.loader, loss_fn=loss_fn, max_batches=hb,
+                                     params=self.layers)
                 row["lambda_max"] = float(lanczos(op, 1, tol=s["tol"],
                                                   seed=s["seed"]).eigenvalues[0])
                 row["trace"] = hutchpp(op, s["trace_hvp"], seed=s["seed"]).value
@@ -692,12 +700,11 @@ def _derived(table: pd.DataFrame, label_free: bool) -> pd.DataFrame:
     for col in ("lambda_max", "trace", "basin_width"):
         if col in t:
             t[f"{col}_ratio"] = t[col] / f[col] if f[col] != 0 else math.nan
-    if "top1_agreement" in t:
-        t["top1_disagreement"] = 1.0 - t["top1_agreement"]
-    if "cosine" in t:
-        t["embedding_drift"] = 1.0 - t["cosine"]
-    else:
-        t["cosine"] = math.nan
+    for col in ("output_sqnr_db", "cosine", "kl", "top1_agreement"):
+        if col not in t:
+            t[col] = math.nan
+    t["top1_disagreement"] = 1.0 - t["top1_agreement"]
+    t["embedding_drift"] = 1.0 - t["cosine"]
     if label_free:
         t["accuracy_drop"] = math.nan
     t["compression"] = f["size_mb"] / t["size_mb"]
@@ -728,3 +735,52 @@ def grade(layers: pd.DataFrame, target: str = "enable_one_loss") -> pd.DataFrame
                      "n": int((np.isfinite(x) & np.isfinite(y)).sum())})
     return pd.DataFrame(rows)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# many variants, for validating verdict rules
+# ---------------------------------------------------------------------------------------------
+def digits_variants(name: str = "cnn", seed: int = 0, bits: Sequence[int] = (2, 3, 4, 5, 6, 8),
+                    granularities: Sequence[str] = ("tensor", "channel"),
+                    progress: bool = False, **run) -> pd.DataFrame:
+    """The variants table of a digits model (:func:`quantlens.trained_digits_model` with
+    ``seed``, its own split) quantized at every ``bits`` × ``granularities``, curvature on
+    the first 256 training images, outcomes on the test split; columns ``model, seed`` added.
+    ``run`` goes to :meth:`QuantDiagnostic.run` (default: no per-layer, α or split steps)."""
+    from .data import digits_loaders
+    from .train import trained_digits_model
+
+    model, _ = trained_digits_model(name, seed=seed)
+    train, test = digits_loaders(seed=seed, shuffle_train=False)
+    diag = QuantDiagnostic(model, train, eval_loader=test)
+    for g in granularities:
+        for b in bits:
+            diag.add_quantized(b, granularity=g)
+    diag.run(**{"per_layer": False, "alpha": False, "split": False, "progress": progress,
+                **run})
+    table = diag.result.variants
+    table.insert(0, "seed", seed)
+    table.insert(0, "model", f"digits-{name}")
+    return table
+
+
+def encoder_variants(source=None, bits: Sequence[int] = (2, 3, 4, 5, 6, 8),
+                     granularities: Sequence[str] = ("tensor", "channel"),
+                     progress: bool = False, **run) -> pd.DataFrame:
+    """As :func:`digits_variants` for a pretrained sentence encoder (default the embedded
+    all-MiniLM-L6-v2) on :data:`quantlens.data.SENTENCES`, label-free (``seed`` = -1: one
+    pretrained network)."""
+    from .data import sentence_loader
+    from .models import Pretrained, load_pretrained
+
+    pre = source if isinstance(source, Pretrained) else load_pretrained(source)
+    diag = QuantDiagnostic(pre.model, sentence_loader(pre.tokenizer), hessian_batches=1)
+    for g in granularities:
+        for b in bits:
+            diag.add_quantized(b, granularity=g)
+    diag.run(**{"per_layer": False, "alpha": False, "split": False, "progress": progress,
+                **run})
+    table = diag.result.variants
+    table.insert(0, "seed", -1)
+    table.insert(0, "model", "all-MiniLM-L6-v2")
+    return table

@@ -329,7 +329,8 @@ def lanczos(
     orthogonalized twice against all previous ones, so no spurious copies of converged
     eigenvalues appear.
 
-    Memory: the basis holds ``(max_iter + 1) · n`` numbers of the parameter dtype.
+    Memory: the basis holds at most ``2 (products + 1) · n`` numbers of the parameter dtype
+    (it doubles as needed, up to ``(max_iter + 1) · n``).
 
     Parameters
     ----------
@@ -394,11 +395,18 @@ def _krylov(op: HessianOperator, q0: torch.Tensor, m: int,
     beta)`` may end the run. Returns the diagonal ``alphas``, off-diagonal ``betas`` of
     ``T = Q^T H Q`` and the basis (``m + 1`` rows, the first ``len(alphas)`` in use).
     """
-    basis = torch.zeros(m + 1, op.n, dtype=op.dtype, device=op.device)
+    # The basis grows by doubling: a run that converges in a few steps on a large model
+    # (22.7M parameters for MiniLM) must not allocate and zero m + 1 = 81 vectors (7 GB).
+    basis = torch.zeros(min(m + 1, 8), op.n, dtype=op.dtype, device=op.device)
     basis[0] = q0 / q0.norm()
     alphas: list[float] = []
     betas: list[float] = []
     for j in range(m):
+        if j + 1 >= len(basis):
+            grown = torch.zeros(min(m + 1, 2 * len(basis)), op.n, dtype=op.dtype,
+                                device=op.device)
+            grown[: len(basis)] = basis
+            basis = grown
         w = op.matvec(basis[j])
         alphas.append(float(w @ basis[j]))
         for _ in range(2):
