@@ -117,6 +117,7 @@ lock:
 sweep: env
 	$(PINNED) $(BIN)/python experiments/bit_collapse_sweep.py
 	$(PINNED) $(BIN)/python experiments/mixed_precision_sweep.py
+	$(PINNED) $(BIN)/python experiments/verdict_sweep.py
 
 bench: env
 	$(BIN)/python -m pip install -c requirements.lock -e ".[bench]"

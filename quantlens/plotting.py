@@ -577,3 +577,27 @@ def plot_diagnostic(result) -> plt.Figure:
     ax.set_xlabel("Spearman ρ with measured damage")
     ax.set_title("which metric ranks layers")
     return fig
+
+
+def plot_rule(table: pd.DataFrame, metric: str, damage: str, threshold: float | None = None,
+              damage_threshold: float | None = None, hue: str = "model",
+              ax: plt.Axes | None = None, xlabel: str | None = None,
+              ylabel: str | None = None, logx: bool = True) -> plt.Axes:
+    """One dot per variant: a diagnostic ``metric`` (x) against its measured ``damage`` (y),
+    coloured by ``hue``, with the rule's ``threshold`` (vertical) and the damage definition
+    (horizontal) as dashed lines, so the four quadrants are the rule's hits and misses."""
+    ax = _axes(ax)
+    for i, (name, g) in enumerate(table.groupby(hue, sort=False)):
+        ax.scatter(g[metric], g[damage], s=14, alpha=0.7, lw=0,
+                   color=PALETTE[i % len(PALETTE)], marker=MARKERS[i % len(MARKERS)],
+                   label=str(name))
+    if threshold is not None:
+        ax.axvline(threshold, color="0.2", ls="--", lw=1)
+    if damage_threshold is not None:
+        ax.axhline(damage_threshold, color="0.5", ls=":", lw=1)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel or metric)
+    ax.set_ylabel(ylabel or damage)
+    ax.legend(fontsize=8)
+    return ax

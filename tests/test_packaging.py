@@ -68,8 +68,8 @@ def test_makefile_installs_with_the_lock():
 
 
 def test_there_are_chapters():
-    assert [p.stem for p in CHAPTERS] == ["alpha", "bit_collapse", "hessian", "landscape",
-                                          "mixed_precision", "quantization"]
+    assert [p.stem for p in CHAPTERS] == ["alpha", "bit_collapse", "diagnose", "hessian",
+                                          "landscape", "mixed_precision", "quantization"]
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
