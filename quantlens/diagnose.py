@@ -35,8 +35,9 @@ layer ``ℓ`` takes the variant's weights, the rest stay FP32: loss increase, ac
 and *disable one* (every layer quantized except ``ℓ``: the recovery), as AIMET's
 QuantAnalyzer does. :attr:`DiagnosticResult.grading` grades each per-layer metric by its
 Spearman rank correlation with the enable-one damage. Verdicts follow
-:data:`quantlens.verdicts.CHOSEN_RULE` (validated on a sweep) next to the seed's
-``λ_max`` ratio ``> 1.5`` rule.
+:data:`quantlens.verdicts.CHOSEN_RULE` (output KL, validated on a sweep; for a model without
+logits, :data:`~quantlens.verdicts.LABEL_FREE_RULE`: the measured embedding cosine) next to
+the seed's ``λ_max`` ratio ``> 1.5`` rule.
 
 Geometry (Hessian, basin, per-layer swaps) is taken on the variant's *dequantized view*: the
 same architecture with float weights equal to the dequantized integer weights
@@ -86,7 +87,7 @@ from .quantize import (
     quantization_error,
     quantize_model,
 )
-from .verdicts import CHOSEN_RULE, SEED_RULE, Rule, degraded, verdict
+from .verdicts import CHOSEN_RULE, LABEL_FREE_RULE, SEED_RULE, Rule, degraded, verdict
 
 SCHEMA = "quantlens.diagnostic/1"
 LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -350,7 +351,11 @@ class QuantDiagnostic:
         if not self.layers:
             raise ValueError("model has no layer of layer_types to quantize "
                              f"({', '.join(t.__name__ for t in layer_types)})")
-        first = next(iter(iterate_batches(loader, 1)), None)
+        rng = torch.random.get_rng_state()  # a shuffling loader draws from torch's RNG
+        try:
+            first = next(iter(iterate_batches(loader, 1)), None)
+        finally:
+            torch.random.set_rng_state(rng)
         if first is None:
             raise ValueError("loader is empty")
         has_labels = isinstance(first, (tuple, list)) and len(first) >= 2 or (
@@ -603,6 +608,7 @@ class QuantDiagnostic:
             seconds["per_layer"] = time.perf_counter() - t0
         return DiagnosticResult(variants=table, layers=layers, grading=grading,
                                 settings=settings, label_free=self.label_free,
+                                rule=LABEL_FREE_RULE if self.label_free else CHOSEN_RULE,
                                 seconds=seconds)
 
     def _per_layer(self, variants, fp32, loss_fn, table, alphas, s, progress) -> pd.DataFrame:
@@ -710,7 +716,8 @@ def _derived(table: pd.DataFrame, label_free: bool) -> pd.DataFrame:
     t["compression"] = f["size_mb"] / t["size_mb"]
     t["degraded"] = degraded(t)
     t.loc[0, "degraded"] = pd.NA
-    t["verdict"] = [verdict(r, CHOSEN_RULE) for _, r in t.iterrows()]
+    rule = LABEL_FREE_RULE if label_free else CHOSEN_RULE
+    t["verdict"] = [verdict(r, rule) for _, r in t.iterrows()]
     t["verdict_seed"] = [verdict(r, SEED_RULE) for _, r in t.iterrows()]
     t.loc[0, ["verdict", "verdict_seed"]] = "reference"
     return t

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .diagnose import SCHEMA, DiagnosticResult
-from .verdicts import ACCURACY_DROP, MIN_COSINE, SEED_RULE, VALIDATION
+from .verdicts import ACCURACY_DROP, CHOSEN_RULE, MIN_COSINE, SEED_RULE, VALIDATION
 
 
 def _clean(value):
@@ -156,14 +156,18 @@ def to_html(result: DiagnosticResult, figure=None) -> str:
         _table(summary),
         "<h2>How the verdict rule was validated</h2>",
         f"<p>On {val['variants']} quantized variants ({val['degraded']} degraded) in "
-        f"<code>{esc(val['source'])}</code> (digits MLP and CNN × bit widths × "
-        "granularities × 5 training seeds, and all-MiniLM-L6-v2), each candidate metric's "
+        f"<code>{esc(val['source'])}</code> (digits MLP and CNN × 6 bit widths × "
+        "2 granularities × 5 training seeds, and all-MiniLM-L6-v2), each candidate metric's "
         "threshold was chosen by F1 and scored by leave-one-seed-out cross-validation. "
         f"The seed's rule <code>{esc(SEED_RULE.label())}</code>: precision "
         f"{val['seed_rule']['precision']:.2f}, recall {val['seed_rule']['recall']:.2f}, "
-        f"F1 {val['seed_rule']['f1']:.2f}. The chosen rule <code>{esc(rule)}</code> "
-        f"(cross-validated): precision {val['chosen_rule']['precision']:.2f}, recall "
-        f"{val['chosen_rule']['recall']:.2f}, F1 {val['chosen_rule']['f1']:.2f}.</p>",
+        f"F1 {val['seed_rule']['f1']:.2f} (n = {val['seed_rule']['n']}). The chosen rule "
+        f"<code>{esc(CHOSEN_RULE.label())}</code> (cross-validated, on the "
+        f"{val['chosen_rule']['n']} variants with logits): precision "
+        f"{val['chosen_rule']['precision']:.2f}, recall "
+        f"{val['chosen_rule']['recall']:.2f}, F1 {val['chosen_rule']['f1']:.2f}."
+        + (" This model has no logits: its verdict is the measured embedding cosine "
+           f"itself (<code>{esc(rule)}</code>)." if result.label_free else "") + "</p>",
         "<h2>Figure</h2>",
         f"<img alt='diagnostic figure' src='data:image/png;base64,{png}'>",
         "<h2>All variant metrics</h2>", _table(v),

@@ -154,6 +154,9 @@ def test_label_free_diagnosis_uses_the_distillation_loss():
     assert v.loc[0, "loss"] == pytest.approx(0.0, abs=1e-6) and math.isnan(v.loc[1, "kl"])
     assert 0 < v.loc[1, "cosine"] < 1
     assert bool(v.loc[1, "degraded"]) == (v.loc[1, "cosine"] < 0.99)
+    # without logits the verdict is the measured cosine itself
+    assert d.result.rule == ql.verdicts.LABEL_FREE_RULE
+    assert v.loc[1, "verdict"] == ("degraded" if v.loc[1, "cosine"] < 0.99 else "ok")
 
 
 def test_models_brought_by_the_user():
