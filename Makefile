@@ -113,7 +113,8 @@ lock:
 	rm -rf .venv-lock
 
 # The larger experiments whose committed tables chapters read (experiments/*.csv); the
-# chapters rerun a subset of each, which must agree bitwise. About 15 minutes on one core.
+# chapters rerun a subset of each, which must agree bitwise. About 35 minutes on one core
+# (the verdict sweep: 4 min for 10 digits networks, 15 min for MiniLM's 12 Hessians).
 sweep: env
 	$(PINNED) $(BIN)/python experiments/bit_collapse_sweep.py
 	$(PINNED) $(BIN)/python experiments/mixed_precision_sweep.py
