@@ -254,3 +254,19 @@ def test_grading_is_spearman_of_each_metric_with_the_damage():
     assert g.loc["delta_sq", "spearman_within"] == pytest.approx(0.0)
     assert g.loc["delta_sq", "n"] == 10
     assert np.isfinite(g.loc["delta_sq", "spearman"])
+
+
+def test_an_error_midway_leaves_every_model_unchanged(monkeypatch):
+    model, loader = _setup()
+    qat = ql.prepare_qat(model, 4, layer_types=dg.LAYER_TYPES)
+    d = ql.QuantDiagnostic(model, loader)
+    d.add_quantized(4).add_model("qat", qat)
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(dg, "basin_widths", failing)
+    with model_unchanged(model), model_unchanged(qat):
+        with pytest.raises(RuntimeError, match="injected"):
+            d.run(progress=False)
+    assert d.result is None
