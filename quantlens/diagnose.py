@@ -72,7 +72,7 @@ from tqdm.auto import tqdm
 
 from .batches import BatchLoss, _call_inputs, _device, iterate_batches, output_distance, to_device
 from .guard import preserved
-from .hessian import HessianOperator, hutchpp, lanczos
+from .hessian import HessianOperator, _check_int, hutchpp, lanczos
 from .landscape import basin_widths
 from .outcomes import output_agreement, sqnr
 from .quantize import (
@@ -87,6 +87,7 @@ from .quantize import (
     quantization_error,
     quantize_model,
 )
+from .train import evaluate
 from .verdicts import CHOSEN_RULE, LABEL_FREE_RULE, SEED_RULE, Rule, degraded, verdict
 
 SCHEMA = "quantlens.diagnostic/1"
@@ -140,7 +141,7 @@ class DiagnosticResult:
         long.insert(1, "layer", "")
         parts.append(long)
         if not self.layers.empty:
-            lay = self.layers.drop(columns=[c for c in ("bits",) if c in self.layers])
+            lay = self.layers.drop(columns="bits", errors="ignore")
             num = lay.select_dtypes("number").columns
             parts.append(lay.melt(id_vars=["variant", "layer"], value_vars=list(num),
                                   var_name="metric", value_name="value"))
@@ -267,12 +268,6 @@ def _with_activation_quant(model: nn.Module, layers: Sequence[str], spec: QuantS
     return out
 
 
-def _evaluate(model, loader, loss_fn, max_batches):
-    from .train import evaluate
-
-    return evaluate(model, loader, loss_fn, max_batches=max_batches)
-
-
 def _alpha_by_layer(model: nn.Module, names: Sequence[str]) -> dict[str, float]:
     """WeightWatcher's α per layer (NaN where WeightWatcher skips the layer)."""
     from .alpha import WW_MAX_EVALS, WW_MAX_N, WW_MIN_EVALS, _skip_reason, esd, esd_metrics
@@ -299,11 +294,6 @@ def _spearman(x, y) -> float:
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
     return float(spearmanr(x, y).statistic)
-
-
-def _positive_int(name: str, value, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,7 +333,7 @@ class QuantDiagnostic:
             if ld is not None and not isinstance(ld, DataLoader):
                 raise TypeError(f"{name} must be a torch DataLoader, got {type(ld).__name__}")
         if hessian_batches is not None:
-            _positive_int("hessian_batches", hessian_batches)
+            _check_int("hessian_batches", hessian_batches)
         if not isinstance(layer_types, tuple) or not layer_types or not all(
                 isinstance(t, type) and issubclass(t, nn.Module) for t in layer_types):
             raise TypeError("layer_types must be a non-empty tuple of nn.Module subclasses")
@@ -501,7 +491,7 @@ class QuantDiagnostic:
             raise ValueError("no variant to diagnose: call add_quantized or add_model first")
         for k, v in (("n_directions", n_directions), ("steps", steps),
                      ("trace_hvp", trace_hvp)):
-            _positive_int(k, v, 3 if k == "steps" else 1)
+            _check_int(k, v, 3 if k == "steps" else 1)
         if not (isinstance(distance, (int, float)) and distance > 0):
             raise ValueError(f"distance must be a positive number, got {distance!r}")
         if not (isinstance(tol, float) and 0 < tol < 1):
@@ -537,7 +527,7 @@ class QuantDiagnostic:
         ref_alpha = None
         for v in variants:
             t0 = time.perf_counter()
-            ev = _evaluate(v.model, self.eval_loader, loss_fn, mb)
+            ev = evaluate(v.model, self.eval_loader, loss_fn, max_batches=mb)
             row = {"variant": v.name, "source": v.source,
                    "bits": _bits_label(v.specs, v.activations),
                    "avg_bits": _avg_bits(fp32, v.specs), "size_mb": v.size_bytes / 2 ** 20,
@@ -583,11 +573,11 @@ class QuantDiagnostic:
                 seconds["alpha"] = seconds.get("alpha", 0) + time.perf_counter() - t0
             if s["split"] and v.source == "simulated":
                 t0 = time.perf_counter()
-                w_only = _evaluate(v.view, self.eval_loader, loss_fn, mb)
+                w_only = evaluate(v.view, self.eval_loader, loss_fn, max_batches=mb)
                 act = v.activations or QuantSpec(max(sp.bits for sp in v.specs.values()),
                                                  granularity="tensor", symmetric=False)
                 a_model = _with_activation_quant(fp32, self.layers, act, self.loader, hb)
-                a_only = _evaluate(a_model, self.eval_loader, loss_fn, mb)
+                a_only = evaluate(a_model, self.eval_loader, loss_fn, max_batches=mb)
                 row.update(weight_only_loss=w_only.loss, weight_only_accuracy=w_only.accuracy,
                            activation_only_loss=a_only.loss,
                            activation_only_accuracy=a_only.accuracy,
@@ -627,7 +617,8 @@ class QuantDiagnostic:
                    disable=not progress, leave=False)
         for i, v in enumerate(variants[1:], start=1):
             view = dict(v.view.named_modules())
-            whole = _evaluate(v.view, self.eval_loader, loss_fn, mb)  # every layer quantized
+            # every layer quantized
+            whole = evaluate(v.view, self.eval_loader, loss_fn, max_batches=mb)
             for name in self.layers:
                 w_f, w_q = ref[name].weight, view[name].weight
                 delta = (w_q.detach() - w_f.detach()).double()
@@ -643,11 +634,11 @@ class QuantDiagnostic:
                 # enable one: FP32 with this layer's weight from the variant
                 with preserved(fp32), torch.no_grad():
                     ref[name].weight.copy_(w_q)
-                    on = _evaluate(fp32, self.eval_loader, loss_fn, mb)
+                    on = evaluate(fp32, self.eval_loader, loss_fn, max_batches=mb)
                 # disable one: the variant's view with this layer back at FP32
                 with preserved(v.view), torch.no_grad():
                     view[name].weight.copy_(w_f)
-                    off = _evaluate(v.view, self.eval_loader, loss_fn, mb)
+                    off = evaluate(v.view, self.eval_loader, loss_fn, max_batches=mb)
                 row.update(enable_one_loss=on.loss - f_row["loss"],
                            enable_one_accuracy=f_row["accuracy"] - on.accuracy,
                            disable_one_loss=whole.loss - off.loss,
@@ -753,7 +744,8 @@ def digits_variants(name: str = "cnn", seed: int = 0, bits: Sequence[int] = (2, 
     """The variants table of a digits model (:func:`quantlens.trained_digits_model` with
     ``seed``, its own split) quantized at every ``bits`` × ``granularities``, curvature on
     the first 256 training images, outcomes on the test split; columns ``model, seed`` added.
-    ``run`` goes to :meth:`QuantDiagnostic.run` (default: no per-layer, α or split steps)."""
+    ``run`` goes to :meth:`QuantDiagnostic.run` (default: no per-layer or α steps; the
+    weight-only / activation-only split is kept, so it can be compared over seeds)."""
     from .data import digits_loaders
     from .train import trained_digits_model
 
@@ -763,8 +755,7 @@ def digits_variants(name: str = "cnn", seed: int = 0, bits: Sequence[int] = (2, 
     for g in granularities:
         for b in bits:
             diag.add_quantized(b, granularity=g)
-    diag.run(**{"per_layer": False, "alpha": False, "split": False, "progress": progress,
-                **run})
+    diag.run(**{"per_layer": False, "alpha": False, "progress": progress, **run})
     table = diag.result.variants
     table.insert(0, "seed", seed)
     table.insert(0, "model", f"digits-{name}")
