@@ -60,7 +60,7 @@ from .bitcollapse import BitCollapse, CollapseConfig, bit_collapse
 from .brittleness import fgsm, measure_brittleness, rotate_images, shift_images
 from .data import SENTENCES, DigitsSplit, digits_loaders, load_digits_split, sentence_loader
 from .diagnose import DiagnosticResult, QuantDiagnostic, dequantized_view
-from .guard import ModelSnapshot, eval_mode, preserved
+from .guard import ModelSnapshot, eval_mode, preserved, swapped
 from .hessian import (
     EigenResult,
     HessianOperator,
@@ -160,6 +160,7 @@ __all__ = [
     "error_report", "eval_mode", "evaluate", "fake_quantize", "fit", "integer_linear",
     "load_digits_split", "sentence_loader", "load_pretrained", "make_model", "minilm_path",
     "prepare_qat",
-    "preserved", "qparams", "quantizable_layers", "quantization_error", "quantization_sweep",
+    "preserved", "swapped", "qparams", "quantizable_layers", "quantization_error",
+    "quantization_sweep",
     "quantize", "quantize_dequantize", "quantize_model", "trained_digits_model",
 ]

@@ -71,9 +71,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batches import BatchLoss, _call_inputs, _device, iterate_batches, output_distance, to_device
-from .guard import preserved
+from .guard import preserved, swapped
 from .hessian import HessianOperator, _check_int, hutchpp, lanczos
-from .landscape import basin_widths
+from .landscape import _basin_widths
 from .outcomes import output_agreement, sqnr
 from .quantize import (
     ActivationFakeQuant,
@@ -550,14 +550,8 @@ class QuantDiagnostic:
                                                   seed=s["seed"]).eigenvalues[0])
                 row["trace"] = hutchpp(op, s["trace_hvp"], seed=s["seed"]).value
                 seconds["hessian"] = seconds.get("hessian", 0) + time.perf_counter() - t0
-            if s["landscape"]:
-                t0 = time.perf_counter()
-                widths = basin_widths(v.view, self.loader, s["n_directions"], s["distance"],
-                                      s["steps"], s["threshold"], loss_fn=loss_fn,
-                                      seed=s["seed"], progress=False, max_batches=hb)
-                row["basin_width"] = float(widths["width"].mean())
-                row["basin_censored"] = int(widths["width"].isna().sum())
-                seconds["landscape"] = seconds.get("landscape", 0) + time.perf_counter() - t0
+            if s["landscape"]:  # measured below for all variants at once
+                row["basin_width"], row["basin_censored"] = math.nan, 0
             if s["alpha"]:
                 t0 = time.perf_counter()
                 al = _alpha_by_layer(v.view, self.layers)
@@ -586,6 +580,17 @@ class QuantDiagnostic:
             rows.append(row)
             bar.update()
         bar.close()
+        if s["landscape"]:
+            # direction by direction over the variants: each seed's Gaussian is drawn once
+            t0 = time.perf_counter()
+            tables = _basin_widths([v.view for v in variants], self.loader,
+                                   s["n_directions"], s["distance"], s["steps"],
+                                   s["threshold"], False, loss_fn, None, "float", s["seed"],
+                                   False, hb)
+            for row, widths in zip(rows, tables):
+                row["basin_width"] = float(widths["width"].mean())
+                row["basin_censored"] = int(widths["width"].isna().sum())
+            seconds["landscape"] = time.perf_counter() - t0
         table = pd.DataFrame(rows)
         alphas = table.pop("_alpha") if "_alpha" in table else None
         table = _derived(table, self.label_free)
@@ -632,12 +637,10 @@ class QuantDiagnostic:
                     row["alpha"] = alphas.iloc[i][name]
                     row["alpha_change"] = abs(row["alpha"] - alphas.iloc[0][name])
                 # enable one: FP32 with this layer's weight from the variant
-                with preserved(fp32), torch.no_grad():
-                    ref[name].weight.copy_(w_q)
+                with swapped(w_f, w_q.detach()):
                     on = evaluate(fp32, self.eval_loader, loss_fn, max_batches=mb)
                 # disable one: the variant's view with this layer back at FP32
-                with preserved(v.view), torch.no_grad():
-                    view[name].weight.copy_(w_f)
+                with swapped(w_q, w_f.detach()):
                     off = evaluate(v.view, self.eval_loader, loss_fn, max_batches=mb)
                 row.update(enable_one_loss=on.loss - f_row["loss"],
                            enable_one_accuracy=f_row["accuracy"] - on.accuracy,

@@ -111,6 +111,25 @@ def preserved(model: nn.Module) -> Iterator[ModelSnapshot]:
 
 
 @contextmanager
+def swapped(tensor: torch.Tensor, value: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Context manager that copies ``value`` into ``tensor`` (one parameter or buffer) for
+    the block and puts the old values back bitwise on exit, also after an exception.
+
+    The cheap form of :func:`preserved` for a step that changes one tensor, e.g. one layer's
+    weight swapped for its quantized version: it copies that tensor, not the whole model
+    (on all-MiniLM-L6-v2, 30 ms a snapshot).
+    """
+    saved = tensor.detach().clone()
+    with torch.no_grad():
+        tensor.copy_(value)
+    try:
+        yield tensor
+    finally:
+        with torch.no_grad():
+            tensor.copy_(saved)
+
+
+@contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode for the block and restore every module's flag afterwards."""
     flags = {name: m.training for name, m in model.named_modules()}

@@ -302,7 +302,12 @@ def _check_int(name: str, value, low: int = 1) -> None:
 
 
 def _rademacher(n: int, gen: torch.Generator, dtype, device) -> torch.Tensor:
-    return (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(dtype=dtype, device=device)
+    """``n`` signs ±1 from ``gen``. Drawn straight in ``dtype``: ATen draws one 32-bit number
+    per element for any dtype when the range is below 2**32, so these are the values of
+    ``randint(0, 2) * 2 - 1`` in int64 (tested) without two passes over 8-byte integers
+    (0.09 s instead of 0.27 s for MiniLM's 22.7M parameters)."""
+    z = torch.randint(0, 2, (n,), generator=gen, dtype=dtype)
+    return z.mul_(2).sub_(1).to(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,14 +401,16 @@ def _krylov(op: HessianOperator, q0: torch.Tensor, m: int,
     ``T = Q^T H Q`` and the basis (``m + 1`` rows, the first ``len(alphas)`` in use).
     """
     # The basis grows by doubling: a run that converges in a few steps on a large model
-    # (22.7M parameters for MiniLM) must not allocate and zero m + 1 = 81 vectors (7 GB).
-    basis = torch.zeros(min(m + 1, 8), op.n, dtype=op.dtype, device=op.device)
+    # (22.7M parameters for MiniLM) must not allocate m + 1 = 81 vectors (7 GB). Rows are
+    # written before they are read, so new storage is left uninitialized (zeroing 32 rows of
+    # MiniLM's 10.8M layer parameters took 0.8 s, an eighth of a 16-step run).
+    basis = torch.empty(min(m + 1, 8), op.n, dtype=op.dtype, device=op.device)
     basis[0] = q0 / q0.norm()
     alphas: list[float] = []
     betas: list[float] = []
     for j in range(m):
         if j + 1 >= len(basis):
-            grown = torch.zeros(min(m + 1, 2 * len(basis)), op.n, dtype=op.dtype,
+            grown = torch.empty(min(m + 1, 2 * len(basis)), op.n, dtype=op.dtype,
                                 device=op.device)
             grown[: len(basis)] = basis
             basis = grown
@@ -542,9 +549,12 @@ def hutchpp(op: HessianOperator, n_hvp: int = 99, seed: int = 0) -> TraceEstimat
     k = n_hvp // 3
     r = n_hvp - 2 * k
     start = op.n_hvp
-    s = torch.stack([_rademacher(op.n, gen, op.dtype, op.device) for _ in range(k)], 1)
-    hs = torch.stack([op.matvec(s[:, i]) for i in range(k)], 1)
-    q, _ = torch.linalg.qr(hs)
+    # H S is built row by row and handed to the QR transposed: column-major, the layout
+    # LAPACK works in, so it is not copied again (same values, same factorization)
+    hs = torch.empty(k, op.n, dtype=op.dtype, device=op.device)
+    for i in range(k):
+        hs[i] = op.matvec(_rademacher(op.n, gen, op.dtype, op.device))
+    q, _ = torch.linalg.qr(hs.T)
     exact = sum(float(q[:, i] @ op.matvec(q[:, i])) for i in range(q.shape[1]))
     samples = []
     for _ in range(r):

@@ -104,24 +104,38 @@ def random_direction(
     if reference is None:
         reference = {k: p.detach() for k, p in params.items()}
     check_direction(params, reference)
+    return _like(_normalized(params, _gaussian(params, seed), reference, normalization,
+                             ignore_1d), model)
+
+
+def _gaussian(params: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """The raw float64 Gaussian of ``seed``, parameter by parameter in order."""
     gen = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(p.shape, generator=gen, dtype=torch.float64)
+            for k, p in params.items()}
+
+
+def _normalized(params, draws, reference, normalization, ignore_1d) -> dict[str, torch.Tensor]:
+    """``draws`` scaled as :func:`random_direction` says, out of place (``draws`` can serve
+    several models of one architecture)."""
     out = {}
     for name, p in params.items():
-        d = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        d = draws[name]
         w = reference[name].detach().cpu().double()
         if (ignore_1d and p.ndim <= 1) or not p.is_floating_point():
-            d.zero_()  # integer parameters cannot move
+            d = torch.zeros_like(d)  # integer parameters cannot move
         elif normalization == "filter":
             d2, w2 = d.reshape(d.shape[0], -1), w.reshape(w.shape[0], -1)
-            d2 *= (w2.norm(dim=1) / d2.norm(dim=1).clamp_min(1e-30))[:, None]
+            d = (d2 * (w2.norm(dim=1) / d2.norm(dim=1).clamp_min(1e-30))[:, None]
+                 ).reshape(d.shape)
         elif normalization == "layer":
-            d *= w.norm() / d.norm().clamp_min(1e-30)
+            d = d * (w.norm() / d.norm().clamp_min(1e-30))
         out[name] = d
     if normalization == "model":
         scale = _norm({k: reference[k].detach().cpu().double() for k, p in params.items()
                        if not (ignore_1d and p.ndim <= 1)}) / max(_norm(out), 1e-30)
         out = {k: v * scale for k, v in out.items()}
-    return _like(out, model)
+    return out
 
 
 def _like(direction: dict[str, torch.Tensor], model: nn.Module) -> Direction:
@@ -300,6 +314,20 @@ def _point_params(base, directions, coords, idx, mode, weight_specs):
     return out
 
 
+def _set_point(params, base, directions, coords, idx, mode, weight_specs) -> None:
+    """Write the grid point into the parameters in place: the additions of
+    :func:`_point_params` in the same order (so the same bits), without a fresh copy of the
+    model per point (on MiniLM's 22.7M parameters 9 ms instead of 35 ms a point)."""
+    for k, p in params.items():
+        p.copy_(base[k])
+        if not p.is_floating_point():
+            continue
+        for d, c, j in zip(directions, coords, idx):
+            p.add_(d[k], alpha=float(c[j]))
+        if mode == "requantize" and k in weight_specs:
+            p.copy_(quantize_dequantize(p, weight_specs[k]))
+
+
 def _weight_specs(model: nn.Module, spec: BitMap | None) -> dict[str, QuantSpec]:
     """``{parameter name: spec}`` of the weights ``spec`` quantizes (all quantizable layers
     for one spec; the named layers for a mapping ``{layer: spec or bits}``)."""
@@ -423,9 +451,7 @@ def _surface(
                                      leave=False)):
             if _hook is not None:
                 _hook(i)
-            new = _point_params(base, directions, coords, idx, mode, weight_specs)
-            for k, p in params.items():
-                p.copy_(new[k])
+            _set_point(params, base, directions, coords, idx, mode, weight_specs)
             loss[idx], acc[idx] = _evaluate(model, batches, loss_fn)
     return loss, acc
 
@@ -558,14 +584,32 @@ def basin_widths(
 
     One direction can mislead; report the mean and spread over the rows.
     """
+    return _basin_widths([model], loader, n_directions, distance, steps, threshold, relative,
+                         loss_fn, spec, mode, seed, progress, max_batches)[0]
+
+
+def _basin_widths(models: list[nn.Module], loader, n_directions, distance, steps, threshold,
+                  relative, loss_fn, spec, mode, seed, progress, max_batches
+                  ) -> list[pd.DataFrame]:
+    """:func:`basin_widths` of each model, direction by direction: a seed's Gaussian is drawn
+    once and normalized to each model's own weights, for every model with the same parameter
+    names and shapes, so the directions are those of separate calls (on all-MiniLM-L6-v2
+    the float64 draw of 22.7M numbers takes 0.4 s, the rest of a direction 0.05 s)."""
     if isinstance(n_directions, bool) or not isinstance(n_directions, int) or n_directions < 1:
         raise ValueError(f"n_directions must be a positive int, got {n_directions!r}")
-    rows = []
+    rows: list[list[dict]] = [[] for _ in models]
     for s in range(seed, seed + n_directions):
-        d = random_direction(model, seed=s)
-        line = loss_line(model, loader, d, distance, steps, loss_fn, spec, mode, progress,
-                         max_batches=max_batches)
-        b = basin_width(line, threshold, relative)
-        rows.append({"seed": s, "left": b.left, "right": b.right, "width": b.width,
-                     "minimum": b.minimum})
-    return pd.DataFrame(rows)
+        drawn: tuple | None = None
+        for i, model in enumerate(models):
+            params = _params(model)
+            shapes = [(k, tuple(p.shape)) for k, p in params.items()]
+            if drawn is None or drawn[0] != shapes:
+                drawn = (shapes, _gaussian(params, s))
+            d = _like(_normalized(params, drawn[1], {k: p.detach() for k, p in params.items()},
+                                  "filter", True), model)
+            line = loss_line(model, loader, d, distance, steps, loss_fn, spec, mode, progress,
+                             max_batches=max_batches)
+            b = basin_width(line, threshold, relative)
+            rows[i].append({"seed": s, "left": b.left, "right": b.right, "width": b.width,
+                            "minimum": b.minimum})
+    return [pd.DataFrame(r) for r in rows]

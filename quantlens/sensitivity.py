@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batches import BatchLoss, _device, iterate_batches, to_device
-from .guard import eval_mode, preserved
+from .guard import eval_mode, preserved, swapped
 from .quantize import (
     QuantSpec,
     _layer_spec,
@@ -179,12 +179,9 @@ def oracle(model: nn.Module, loader: DataLoader, bits: Sequence[int] = (2, 3, 4,
         runs = [(name, b) for name in chosen for b in bits]
         for name, b in tqdm(runs, desc="oracle", disable=not progress, leave=False):
             w = chosen[name].weight
-            saved = w.detach().clone()
-            with torch.no_grad():
-                w.copy_(quantize_dequantize(saved, _layer_spec(chosen[name], specs[b])))
-            ev = evaluate(model, loader, loss_fn, max_batches=max_batches)
-            with torch.no_grad():
-                w.copy_(saved)
+            q = quantize_dequantize(w.detach(), _layer_spec(chosen[name], specs[b]))
+            with swapped(w, q):
+                ev = evaluate(model, loader, loss_fn, max_batches=max_batches)
             rows.append({"layer": name, "bits": b, "loss": ev.loss, "accuracy": ev.accuracy,
                          "oracle_loss": ev.loss - base.loss,
                          "oracle_accuracy": base.accuracy - ev.accuracy})

@@ -265,7 +265,7 @@ def test_an_error_midway_leaves_every_model_unchanged(monkeypatch):
     def failing(*args, **kwargs):
         raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(dg, "basin_widths", failing)
+    monkeypatch.setattr(dg, "_basin_widths", failing)
     with model_unchanged(model), model_unchanged(qat):
         with pytest.raises(RuntimeError, match="injected"):
             d.run(progress=False)

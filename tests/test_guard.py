@@ -85,3 +85,17 @@ def test_zero_dim_buffers_are_compared_bitwise():
     with pytest.raises(AssertionError, match="running_max"):
         with model_unchanged(m):
             m.running_max.fill_(4.0)
+
+
+def test_swapped_restores_one_tensor_bitwise_also_after_exception():
+    m = _model()
+    snap = ql.ModelSnapshot.take(m)
+    w = m[0].weight
+    new = torch.full_like(w, -0.0)
+    with ql.swapped(w, new) as t:
+        assert t is w and torch.equal(w, new) and w.requires_grad
+    assert snap.differences(m) == []
+    with pytest.raises(RuntimeError, match="midway"):
+        with ql.swapped(w, new):
+            raise RuntimeError("midway")
+    assert snap.differences(m) == []

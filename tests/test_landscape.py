@@ -3,6 +3,7 @@
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -168,6 +169,26 @@ def test_basin_widths_table():
     assert list(df.seed) == [0, 1] and (df.width.dropna() > 0).all()
 
 
+def test_basin_widths_of_several_models_equal_separate_calls():
+    # one Gaussian draw per seed serves every model of the architecture (normalized to each
+    # model's own weights); a model of another architecture gets its own draw
+    model, loader = _setup()
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other[0].weight.mul_(3)
+    torch.manual_seed(1)
+    wider = nn.Sequential(nn.Conv2d(1, 5, 3), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 36, 10))
+    models = [model, other, wider, model]
+    args = (loader, 2, 2.0, 9, 0.1, False, nn.functional.cross_entropy, None, "float", 4,
+            False, None)
+    together = ls._basin_widths(models, *args)
+    for m, table in zip(models, together):
+        alone = ls.basin_widths(m, loader, n_directions=2, distance=2.0, steps=9, seed=4,
+                                progress=False)
+        pd.testing.assert_frame_equal(table, alone, check_exact=True)
+    assert not together[0].equals(together[1])
+
+
 def test_bad_input():
     model, loader = _setup()
     d = ls.random_direction(model)
@@ -244,3 +265,21 @@ def test_random_direction_with_reference_norms():
     assert abs(ls._dot(d, dw)) < 0.5 * ls._norm(dw) ** 2  # a different direction, same size
     with pytest.raises(ValueError, match="does not match"):
         ls.random_direction(model, reference={"x": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("mode", ["float", "dequantized", "requantize"])
+def test_point_written_in_place_equals_the_copied_point(mode):
+    # the loop writes each grid point straight into the parameters; the values must be
+    # those of the out-of-place construction (the vmap path's), bit for bit
+    model, _ = _setup()
+    params = dict(model.named_parameters())
+    specs = ls._weight_specs(model, 3)
+    base = {k: p.detach().clone() for k, p in params.items()}
+    dirs = [ls.random_direction(model, seed=s) for s in (0, 1)]
+    coords = [np.linspace(-1, 1, 5), np.linspace(-0.3, 0.7, 4)]
+    with ls.preserved(model), torch.no_grad():
+        for idx in [(0, 0), (2, 1), (4, 3)]:
+            expected = ls._point_params(base, dirs, coords, idx, mode, specs)
+            ls._set_point(params, base, dirs, coords, idx, mode, specs)
+            for k, p in params.items():
+                assert torch.equal(p, expected[k]), (mode, idx, k)
