@@ -1,7 +1,7 @@
 """QuantDiagnostic timings against the issue's targets: the default ``run()`` on the digits
 CNN with 3 variants (target <= 30 s on 2 cores) and on all-MiniLM-L6-v2 with 3 variants
-(target <= 90 s), with the time of each step, in torch's default mode (all cores, no pinned
-numerics) and, for the record, the report's size.
+(target <= 90 s; two runs, judged on the slower), with the time of each step, in torch's
+default mode (all cores, no pinned numerics) and, for the record, the report's size.
 
 Run: ``python benchmarks/bench_diagnose.py``.
 """
@@ -42,14 +42,16 @@ def main() -> None:
 
     pre = ql.load_pretrained()
     loader = ql.sentence_loader(pre.tokenizer)
-    for label, kwargs in (("default", {}),
-                          ("without the per-layer step", {"per_layer": False})):
+    times = []
+    for run in (1, 2):  # twice: the target is judged on the slower run
         diag = ql.QuantDiagnostic(pre.model, loader, hessian_batches=1)
         diag.add_quantized(8).add_quantized(4).add_quantized(4, granularity="tensor")
         t = time.perf_counter()
-        diag.run(progress=False, **kwargs)
-        _report(f"all-MiniLM-L6-v2, 3 variants, {label}", diag, time.perf_counter() - t, 90)
-
+        diag.run(progress=False)
+        times.append(time.perf_counter() - t)
+        _report(f"all-MiniLM-L6-v2, 3 variants, run {run}", diag, times[-1], 90)
+    print(f"all-MiniLM-L6-v2: slower run {max(times):.1f} s (target <= 90 s: "
+          f"{'met' if max(times) <= 90 else 'MISSED'})")
 
 if __name__ == "__main__":
     main()
