@@ -122,7 +122,7 @@ sweep: env
 
 bench: env
 	$(BIN)/python -m pip install -c requirements.lock -e ".[bench]"
-	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf _build .pytest_cache
