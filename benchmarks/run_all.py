@@ -2,7 +2,8 @@
 (``make bench``). Each script measures quantlens and its named peer side by side in one run;
 its docstring says what and how, and its output is copied verbatim under that description.
 
-Run: ``python benchmarks/run_all.py [bench_hessian.py ...]`` (default: all of them).
+Run: ``python benchmarks/run_all.py [bench_hessian.py ...]`` (default: all of them; naming some
+reruns those and replaces their sections, keeping the others).
 """
 
 from __future__ import annotations
@@ -57,10 +58,18 @@ def main() -> None:
         "between runs and machines, product counts, errors and the ratios of interleaved "
         "medians much less. Do not edit: rerun `make bench`.\n"
     )
-    if len(names) < len(list(HERE.glob("bench_*.py"))):
-        print("(a subset was run: RESULTS.md not written)")
-        return
-    (HERE / "RESULTS.md").write_text(header + "\n" + "\n".join(sections))
+    path = HERE / "RESULTS.md"
+    if len(names) < len(list(HERE.glob("bench_*.py"))) and path.exists():
+        # a subset: its sections are replaced (or added), the others kept as they were
+        old = path.read_text().split("\n## ")[1:]
+        kept = {part.split("\n", 1)[0]: "## " + part.rstrip() + "\n" for part in old}
+        kept.update({name: text for name, text in zip(names, sections)})
+        sections = [kept[k] for k in sorted(kept)]
+        header = header.replace(
+            "(`benchmarks/run_all.py`)",
+            f"(`benchmarks/run_all.py`; {', '.join(names)} since by "
+            f"`benchmarks/run_all.py {' '.join(names)}`)")
+    path.write_text(header + "\n" + "\n".join(sections))
     print(f"wrote {HERE / 'RESULTS.md'}")
 
 

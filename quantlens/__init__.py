@@ -19,6 +19,7 @@ configuration-level agreement),
 :mod:`~quantlens.diagnose` (QuantDiagnostic: every measure of a model and its variants in one
 table, figure and report), :mod:`~quantlens.verdicts` (verdict rules validated against
 measured damage),
+:mod:`~quantlens.distributed` (the same calls data-parallel under ``torchrun``),
 :mod:`~quantlens.guard` (leave the caller's model unchanged), :mod:`~quantlens.plotting`,
 :mod:`~quantlens.widgets` and :mod:`~quantlens.testing`.
 """
@@ -31,6 +32,7 @@ from . import (
     bounds,
     brittleness,
     diagnose,
+    distributed,
     hessian,
     landscape,
     mixed_precision,
@@ -131,7 +133,7 @@ from .train import Evaluation, evaluate, fit, quantization_sweep, trained_digits
 __version__ = "0.1.0"
 
 __all__ = [
-    "allocation", "bounds", "diagnose", "verdicts",
+    "allocation", "bounds", "diagnose", "distributed", "verdicts",
     "DiagnosticResult", "QuantDiagnostic", "dequantized_view",
     "sensitivity", "alpha", "batches", "bitcollapse", "brittleness",
     "hessian", "landscape", "mixed_precision", "numerics", "outcomes", "plotting", "seeds",

@@ -74,6 +74,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .distributed import active, gather, share
 from .guard import preserved
 from .models import Pretrained, load_pretrained
 from .quantize import GRANULARITIES, QuantSpec, quantize_dequantize
@@ -582,14 +583,21 @@ def alpha_sweep(
                              "Conv2d or Embedding weight that WeightWatcher can analyse)"
                              + (f" ({found})" if found else ""))
         done: dict[object, list[dict]] = {}
-        for ref in tqdm(refs, desc="alpha sweep", disable=not progress, leave=False):
-            head = {"layer": ref.name, "layer_type": ref.layer_type, "layer_id": ref.layer_id}
+        # under torch.distributed each rank analyses its share of the layers; the rows of all
+        # ranks are gathered and put in the one-process order (setting, then layer)
+        mine = share(list(enumerate(refs)))
+        for pos, ref in tqdm(mine, desc="alpha sweep", disable=not progress, leave=False):
+            head = {"layer": ref.name, "layer_type": ref.layer_type, "layer_id": ref.layer_id,
+                    "_pos": pos}
             dims = _dims(ref.layer_type, ref.shape)
             head.update(zip(("N", "M", "rf"), dims or (math.nan,) * 3))
             if ref.key not in done:
                 done[ref.key] = _analyse_layer(ref, settings, min_evals, max_evals, max_N)
             rows.extend({**head, **r} for r in done[ref.key])
-    layers = pd.DataFrame(rows).sort_values("_order", kind="stable").drop(columns="_order")
+    if active():
+        rows = [r for part in gather(rows) for r in part]
+    layers = (pd.DataFrame(rows).sort_values(["_order", "_pos"], kind="stable")
+              .drop(columns=["_order", "_pos"]))
     layers["bits"] = layers["bits"].astype("Int64")
     if layers.loc[layers["bits"].isna(), "alpha"].isna().all():
         reasons = "; ".join(f"{r.layer}: {r.reason}" for r in

@@ -47,6 +47,7 @@ from .batches import (
     resolve_loss,
     to_device,
 )
+from .distributed import all_sum, all_sum_float
 from .guard import eval_mode
 from .quantize import quantizable_layers
 
@@ -193,7 +194,9 @@ class HessianOperator:
             batches = [to_device(batch, self.device)]
         with eval_mode(self.model):
             weights = batch_weights(self.model, batches, loss_fn)
-        total = sum(weights)
+        # under torch.distributed this rank's batches are its shard of the data: weights are
+        # normalized by the total over all ranks and every product is summed over the ranks
+        total = all_sum_float(float(sum(weights)))
         if total == 0:
             raise ValueError("loader has no example of positive weight to compute the "
                              "Hessian on")
@@ -223,7 +226,7 @@ class HessianOperator:
                     flat = torch.cat([_grad_or_zero(t, p) for t, p in zip(g, self._theta)]) * w
                     grads = flat if grads is None else grads + flat
         self._flat_grad = grads
-        return total
+        return all_sum_float(total)
 
     def split(self, v: torch.Tensor) -> list[torch.Tensor]:
         """Split a flat vector into tensors shaped like the parameters."""
@@ -232,14 +235,14 @@ class HessianOperator:
     def gradient(self) -> torch.Tensor:
         """The flat gradient ``∇_θ L``."""
         if self._flat_grad is not None:
-            return self._flat_grad.detach().clone()
+            return all_sum(self._flat_grad.detach().clone())
         with eval_mode(self.model), _differentiable_twice():
             total = torch.zeros(self.n, dtype=self.dtype, device=self.device)
             for batch, w in self._batches:
                 g = torch.autograd.grad(self._batch_loss(self._theta, batch), self._theta,
                                         allow_unused=True)
                 total += w * torch.cat([_grad_or_zero(t, p) for t, p in zip(g, self._theta)])
-        return total
+        return all_sum(total)
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``H v`` for a flat vector ``v`` of length :attr:`n`."""
@@ -248,7 +251,8 @@ class HessianOperator:
         if self.method == "double_backward":
             hv = torch.autograd.grad(self._flat_grad, self._theta, grad_outputs=v,
                                      retain_graph=True, allow_unused=True)
-            return torch.cat([_grad_or_zero(t, p) for t, p in zip(hv, self._theta)]).detach()
+            return all_sum(torch.cat([_grad_or_zero(t, p)
+                                      for t, p in zip(hv, self._theta)]).detach())
         tangents = tuple(self.split(v))
         total = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         with eval_mode(self.model), _differentiable_twice():
@@ -264,7 +268,7 @@ class HessianOperator:
                     _, hv = torch.func.jvp(grad_fn, tuple(t.detach() for t in self._theta),
                                            tangents)
                 total += w * torch.cat([t.reshape(-1) for t in hv])
-        return total
+        return all_sum(total)
 
     __matmul__ = matvec
 

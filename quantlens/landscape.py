@@ -42,6 +42,7 @@ from .batches import (
     resolve_loss,
     totals,
 )
+from .distributed import active, all_sum, gather, local, share
 from .guard import eval_mode, preserved
 from .quantize import (
     BitMap,
@@ -437,23 +438,38 @@ def _surface(
         if mode == "dequantized":  # the deployed point Q(θ), perturbed as floats
             base = {k: quantize_dequantize(v, weight_specs[k]) if k in weight_specs else v
                     for k, v in base.items()}
-        points = list(np.ndindex(*shape))
+        # under torch.distributed each rank evaluates its share of the points (all of them
+        # in one process) and the grids are summed over the ranks below
+        points = share(list(np.ndindex(*shape)))
         n_params = sum(v.numel() for v in base.values())
         chunk = int(max(1, min(64, 2**26 // max(n_params, 1))))  # <= 256 MiB of float32
+        done = False
         if vectorize and _hook is None:
             try:
                 _surface_vmap(model, batches, weights, base, directions, coords, points,
                               loss_fn, mode, weight_specs, chunk, loss, acc, progress)
-                return loss, acc
+                done = True
             except (RuntimeError, TypeError, NotImplementedError):
                 loss[...] = np.nan  # this model cannot be vmapped: fall back to the loop
-        for i, idx in enumerate(tqdm(points, desc="landscape", disable=not progress,
-                                     leave=False)):
-            if _hook is not None:
-                _hook(i)
-            _set_point(params, base, directions, coords, idx, mode, weight_specs)
-            loss[idx], acc[idx] = _evaluate(model, batches, loss_fn)
+        if not done:
+            for i, idx in enumerate(tqdm(points, desc="landscape", disable=not progress,
+                                         leave=False)):
+                if _hook is not None:
+                    _hook(i)
+                _set_point(params, base, directions, coords, idx, mode, weight_specs)
+                loss[idx], acc[idx] = _evaluate(model, batches, loss_fn)
+    if active():
+        loss, acc = _gathered(loss, points), _gathered(acc, points)
     return loss, acc
+
+
+def _gathered(grid: np.ndarray, mine: list) -> np.ndarray:
+    """The full grid from every rank's points: each rank contributes its own points (zeros
+    elsewhere) to a float64 sum, so every value arrives unchanged."""
+    own = np.zeros(grid.shape)
+    for idx in mine:
+        own[idx] = grid[idx]
+    return all_sum(torch.from_numpy(own)).numpy()
 
 
 def loss_line(
@@ -598,7 +614,8 @@ def _basin_widths(models: list[nn.Module], loader, n_directions, distance, steps
     if isinstance(n_directions, bool) or not isinstance(n_directions, int) or n_directions < 1:
         raise ValueError(f"n_directions must be a positive int, got {n_directions!r}")
     rows: list[list[dict]] = [[] for _ in models]
-    for s in range(seed, seed + n_directions):
+    # under torch.distributed each rank takes its share of the directions, whole
+    for s in share(list(range(seed, seed + n_directions))):
         drawn: tuple | None = None
         for i, model in enumerate(models):
             params = _params(model)
@@ -607,9 +624,14 @@ def _basin_widths(models: list[nn.Module], loader, n_directions, distance, steps
                 drawn = (shapes, _gaussian(params, s))
             d = _like(_normalized(params, drawn[1], {k: p.detach() for k, p in params.items()},
                                   "filter", True), model)
-            line = loss_line(model, loader, d, distance, steps, loss_fn, spec, mode, progress,
-                             max_batches=max_batches)
+            with local():
+                line = loss_line(model, loader, d, distance, steps, loss_fn, spec, mode,
+                                 progress, max_batches=max_batches)
             b = basin_width(line, threshold, relative)
             rows[i].append({"seed": s, "left": b.left, "right": b.right, "width": b.width,
                             "minimum": b.minimum})
+    if active():
+        ranks = gather(rows)
+        rows = [sorted((r for part in ranks for r in part[i]), key=lambda r: r["seed"])
+                for i in range(len(models))]
     return [pd.DataFrame(r) for r in rows]

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .allocation import allocate, memory_budget
+from .distributed import gather, share
 from .quantize import QuantSpec, quantize_model
 from .sensitivity import cost_table
 from .train import evaluate
@@ -120,11 +121,13 @@ def measured_optimum(
         raise ValueError(f"{n} configurations exceed max_configurations={max_configurations}")
     total = float(sum(sizes.values()))
     measured = []
-    for bits in tqdm(_configurations(layers, list(widths)), desc="configurations",
-                     disable=not progress, leave=False):
+    # under torch.distributed each rank measures its share of the configurations
+    for i, bits in tqdm(share(list(enumerate(_configurations(layers, list(widths))))),
+                        desc="configurations", disable=not progress, leave=False):
         loss, acc = _measure(model, loader, bits, loss_fn, defaults)
         used = sum(sizes[k] * b for k, b in bits.items()) / total
-        measured.append((used, loss, acc, bits))
+        measured.append((i, used, loss, acc, bits))
+    measured = [m[1:] for m in sorted(m for part in gather(measured) for m in part)]
     rows = []
     for avg in average_bits:
         feasible = [m for m in measured if m[0] <= avg * (1 + 1e-12)]
@@ -164,17 +167,19 @@ def configuration_agreement(
     widths = sorted(table.bits.unique())
     costs = {m: cost_table(table, m) for m in measures}
     rng = np.random.default_rng(seed)
+    drawn = [{n: int(rng.choice(widths)) for n in layers} for _ in range(n_configurations)]
     base = evaluate(model, loader, loss_fn).loss
     rows = []
-    for _ in tqdm(range(n_configurations), desc="configurations", disable=not progress,
-                  leave=False):
-        bits = {n: int(rng.choice(widths)) for n in layers}
+    # under torch.distributed each rank measures its share of the configurations
+    for i, bits in tqdm(share(list(enumerate(drawn))), desc="configurations",
+                        disable=not progress, leave=False):
         loss, _ = _measure(model, loader, bits, loss_fn, defaults)
         row = {"loss_increase": loss - base, "bits": bits}
         for m, c in costs.items():
             row[m] = float(sum(c.loc[n, b] for n, b in bits.items()))
-        rows.append(row)
-    configs = pd.DataFrame(rows)
+        rows.append((i, row))
+    configs = pd.DataFrame([r for _, r in sorted((r for part in gather(rows) for r in part),
+                                                 key=lambda r: r[0])])
     agreement = pd.DataFrame([
         {"measure": m, "kendall": float(kendalltau(configs[m], configs.loss_increase)[0]),
          "spearman": float(spearmanr(configs[m], configs.loss_increase)[0]),

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batches import BatchLoss, _device, iterate_batches, to_device
+from .distributed import gather, share
 from .guard import eval_mode, preserved, swapped
 from .quantize import (
     QuantSpec,
@@ -177,15 +178,18 @@ def oracle(model: nn.Module, loader: DataLoader, bits: Sequence[int] = (2, 3, 4,
     with preserved(model):  # one layer's weight swapped in place at a time, then restored
         base = evaluate(model, loader, loss_fn, max_batches=max_batches)
         runs = [(name, b) for name in chosen for b in bits]
-        for name, b in tqdm(runs, desc="oracle", disable=not progress, leave=False):
+        # under torch.distributed each rank measures its share of the runs
+        for i, (name, b) in tqdm(share(list(enumerate(runs))), desc="oracle",
+                                 disable=not progress, leave=False):
             w = chosen[name].weight
             q = quantize_dequantize(w.detach(), _layer_spec(chosen[name], specs[b]))
             with swapped(w, q):
                 ev = evaluate(model, loader, loss_fn, max_batches=max_batches)
-            rows.append({"layer": name, "bits": b, "loss": ev.loss, "accuracy": ev.accuracy,
-                         "oracle_loss": ev.loss - base.loss,
-                         "oracle_accuracy": base.accuracy - ev.accuracy})
-    return pd.DataFrame(rows)
+            rows.append((i, {"layer": name, "bits": b, "loss": ev.loss,
+                             "accuracy": ev.accuracy, "oracle_loss": ev.loss - base.loss,
+                             "oracle_accuracy": base.accuracy - ev.accuracy}))
+    return pd.DataFrame([r for _, r in sorted((r for part in gather(rows) for r in part),
+                                              key=lambda r: r[0])])
 
 
 def layer_sensitivity(
