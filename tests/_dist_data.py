@@ -39,3 +39,15 @@ def sweeps(model, data) -> dict:
                                  progress=False).layers
     return {"plane": (plane.loss, plane.accuracy), "line": (line.loss, line.accuracy),
             "widths": widths, "oracle": oracle, "optimum": optimum, "alpha": alpha}
+
+
+def built_on_the_operator(model, loader) -> dict:
+    """SLQ density, per-layer sharpness and HAWQ block traces: all built on the operator."""
+    op = ql.HessianOperator(model, loader)
+    density = ql.spectral_density(op, n_iter=8, n_runs=2, seed=1)
+    sharp = ql.layer_sharpness(model, loader, tol=1e-8, progress=False)
+    blocks = ql.sensitivity.block_traces(model, loader, n_hvp=6, seed=2)
+    return {"density_nodes": [float(x) for x in density.nodes],
+            "layer_lambda": [float(x) for x in sharp["lambda_max"]],
+            "layer_trace": [float(x) for x in sharp["trace"]],
+            "block_traces": [float(x) for x in blocks["trace"]]}

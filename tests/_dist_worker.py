@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 import quantlens as ql
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from _dist_data import model_and_data, sweeps  # noqa: E402
+from _dist_data import built_on_the_operator, model_and_data, sweeps  # noqa: E402
 
 
 def main() -> None:
@@ -37,11 +37,12 @@ def main() -> None:
             raise ValueError("rank 1 fails on purpose midway")
         eig = ql.lanczos(op, 2, tol=1e-9)
         trace = ql.hutchpp(op, 24, seed=3)
+        built_on = built_on_the_operator(model, DataLoader(shard, batch_size=7))
         with open(out, "w") as f:
             json.dump({"eigenvalues": [float(e) for e in eig.eigenvalues],
                        "trace": trace.value, "loss": op.loss, "n_examples": op.n_examples,
                        "gradient_norm": float(op.gradient().norm()),
-                       "n_hvp": eig.n_hvp}, f)
+                       "n_hvp": eig.n_hvp, **built_on}, f)
     finally:
         dist.destroy_process_group()
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 import quantlens as ql
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _dist_data import model_and_data, sweeps  # noqa: E402
+from _dist_data import built_on_the_operator, model_and_data, sweeps  # noqa: E402
 
 WORKER = Path(__file__).parent / "_dist_worker.py"
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
@@ -58,6 +58,10 @@ def test_two_processes_give_the_single_process_spectrum_and_trace(tmp_path):
     assert got["trace"] == pytest.approx(trace.value, rel=1e-5)
     assert got["loss"] == pytest.approx(op.loss, rel=1e-6)
     assert got["gradient_norm"] == pytest.approx(float(op.gradient().norm()), rel=1e-5)
+    # everything built on the operator: SLQ nodes, per-layer λmax and traces, HAWQ blocks
+    ref = built_on_the_operator(model, DataLoader(data, batch_size=7))
+    for key, value in ref.items():
+        assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     # and both are the exact Hessian's
     h = torch.stack([op.matvec(e) for e in torch.eye(op.n)]).double()
     exact = torch.linalg.eigvalsh((h + h.T) / 2)
