@@ -12,9 +12,11 @@ per-group(128) = 19 settings) two ways:
 
 Prints the wall-clock times (median and range of ``--repeat`` interleaved runs; the machine's
 load average is printed too, since other jobs slow both), the ratio of the medians against
-the 5x target, the share of the sweep spent in WeightWatcher's own power-law fits (which both
-ways make, so they bound the ratio), and checks that both give the same alpha for every layer
-and setting. Run: ``python benchmarks/bench_alpha.py``.
+the 5x target, the same sweep with its layers split over two processes (torch.distributed,
+gloo; each rank analyses every other layer), where one sweep's time goes (eigenvalues,
+WeightWatcher's own power-law fits, the rest: both ways do the first two, so they bound the
+ratio), and checks that both give the same alpha for every layer and setting.
+Run: ``python benchmarks/bench_alpha.py``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,55 @@ def naive(model) -> pd.DataFrame:
 def _one_thread(fn, model):
     with qa._torch_threads(1):  # the thread setting alpha_sweep uses, for a fair comparison
         return fn(model)
+
+
+def _child(rank: int, init: str, out: str, repeat: int) -> None:
+    """One of two ranks: the same alpha_sweep call, its layers split over the ranks."""
+    import datetime
+    import pickle
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=300))
+    model = ql.load_pretrained().model
+    qa._ww()
+    with ql.distributed.local():
+        qa.alpha_sweep(model, bits=None, progress=False)  # warm-up
+    times = []
+    for _ in range(repeat):
+        dist.barrier()
+        t0 = time.perf_counter()
+        sweep = qa.alpha_sweep(model, BITS, GRANULARITIES, GROUP_SIZE, progress=False)
+        dist.barrier()
+        times.append(time.perf_counter() - t0)
+    if rank == 0:
+        with ql.distributed.local():  # one process, the same thread settings
+            one = qa.alpha_sweep(model, BITS, GRANULARITIES, GROUP_SIZE, progress=False)
+        with open(out, "wb") as f:
+            pickle.dump((times, sweep.layers, one.layers.equals(sweep.layers)), f)
+    dist.destroy_process_group()
+
+
+def _two_processes(repeat: int):
+    """Wall times (on rank 0, between barriers), the table of a 2-process sweep and whether
+    it equals, bit for bit, rank 0's one-process sweep with the same thread settings."""
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out.pkl"
+        procs = [subprocess.Popen([sys.executable, __file__, "--child", str(r),
+                                   str(Path(tmp) / "rv"), str(out), str(repeat)],
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+                 for r in range(2)]
+        if any(p.wait(timeout=1200) for p in procs):
+            raise SystemExit("a rank of the 2-process sweep failed")
+        return pickle.loads(out.read_bytes())
 
 
 def main() -> None:
@@ -137,6 +188,13 @@ def main() -> None:
           f"{profiled - core:.1f} s; with eigenvalues and fits split perfectly over "
           f"{cores} cores it would still take {floor:.1f} s: at most "
           f"{naive_med / floor:.1f}x the naive loop")
+    t_two, table, bitwise = _two_processes(args.repeat)
+    d_two = float((table["alpha"] - sweep.layers["alpha"]).abs().max())
+    print(f"{'2 processes (torch.distributed)':36s} {spread(t_two)}   layers split over the "
+          f"ranks: {naive_med / median(t_two):.2f}x the naive loop (target >= 5x: "
+          f"{'met' if naive_med / median(t_two) >= 5 else 'MISSED'}); the table equals one "
+          f"process's with the same threads bit for bit: {bitwise}; max |d alpha| against "
+          f"the sweep above (default threads: BLAS sums split differently) {d_two:.1e}")
     print(f"same alphas: {same_rows and nan_agree and rel < 1e-8} ({len(both)} layer-settings, "
           f"{len(fit)} fitted, failed fits agree: {nan_agree}, max |d alpha| "
           f"{float(diff.max()):.2e}, max rel {rel:.2e})")
@@ -146,4 +204,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child(int(sys.argv[2]), sys.argv[3], sys.argv[4], int(sys.argv[5]))
+    else:
+        main()
