@@ -74,7 +74,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .distributed import active, gather, share
+from .distributed import collect, share
 from .guard import preserved
 from .models import Pretrained, load_pretrained
 from .quantize import GRANULARITIES, QuantSpec, quantize_dequantize
@@ -583,21 +583,19 @@ def alpha_sweep(
                              "Conv2d or Embedding weight that WeightWatcher can analyse)"
                              + (f" ({found})" if found else ""))
         done: dict[object, list[dict]] = {}
-        # under torch.distributed each rank analyses its share of the layers; the rows of all
-        # ranks are gathered and put in the one-process order (setting, then layer)
+        # under torch.distributed each rank analyses its share of the layers; the layers'
+        # rows are gathered in layer order, as one process makes them
         mine = share(list(enumerate(refs)))
+        per_layer = []
         for pos, ref in tqdm(mine, desc="alpha sweep", disable=not progress, leave=False):
-            head = {"layer": ref.name, "layer_type": ref.layer_type, "layer_id": ref.layer_id,
-                    "_pos": pos}
+            head = {"layer": ref.name, "layer_type": ref.layer_type, "layer_id": ref.layer_id}
             dims = _dims(ref.layer_type, ref.shape)
             head.update(zip(("N", "M", "rf"), dims or (math.nan,) * 3))
             if ref.key not in done:
                 done[ref.key] = _analyse_layer(ref, settings, min_evals, max_evals, max_N)
-            rows.extend({**head, **r} for r in done[ref.key])
-    if active():
-        rows = [r for part in gather(rows) for r in part]
-    layers = (pd.DataFrame(rows).sort_values(["_order", "_pos"], kind="stable")
-              .drop(columns=["_order", "_pos"]))
+            per_layer.append((pos, [{**head, **r} for r in done[ref.key]]))
+        rows = [r for layer_rows in collect(per_layer) for r in layer_rows]
+    layers = pd.DataFrame(rows).sort_values("_order", kind="stable").drop(columns="_order")
     layers["bits"] = layers["bits"].astype("Int64")
     if layers.loc[layers["bits"].isna(), "alpha"].isna().all():
         reasons = "; ".join(f"{r.layer}: {r.reason}" for r in

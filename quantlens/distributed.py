@@ -66,6 +66,13 @@ def share(items: list) -> list:
     return items[rank::size]
 
 
+def collect(pairs: list[tuple[int, Any]]) -> list:
+    """The values of every rank's ``(position, value)`` pairs in position order: the list one
+    process, doing all the work, would have built."""
+    every = [pair for part in gather(pairs) for pair in part]
+    return [value for _, value in sorted(every, key=lambda pair: pair[0])]
+
+
 def gather(obj: Any) -> list:
     """``obj`` of every rank, in rank order (``[obj]`` without a process group)."""
     if not active():
@@ -82,6 +89,8 @@ def rank_and_size() -> tuple[int, int]:
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:
     """``Σ_r t_r`` over the ranks (a new tensor; ``t`` itself without a process group)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"t must be a torch.Tensor, got {type(t).__name__}")
     if not active():
         return t
     out = t.detach().clone()

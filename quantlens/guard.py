@@ -119,6 +119,11 @@ def swapped(tensor: torch.Tensor, value: torch.Tensor) -> Iterator[torch.Tensor]
     weight swapped for its quantized version: it copies that tensor, not the whole model
     (on all-MiniLM-L6-v2, 30 ms a snapshot).
     """
+    for name, t in (("tensor", tensor), ("value", value)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if value.shape != tensor.shape:
+        raise ValueError(f"value has shape {tuple(value.shape)}, tensor {tuple(tensor.shape)}")
     saved = tensor.detach().clone()
     with torch.no_grad():
         tensor.copy_(value)

@@ -42,7 +42,7 @@ from .batches import (
     resolve_loss,
     totals,
 )
-from .distributed import active, all_sum, gather, local, share
+from .distributed import active, all_sum, collect, local, share
 from .guard import eval_mode, preserved
 from .quantize import (
     BitMap,
@@ -613,11 +613,12 @@ def _basin_widths(models: list[nn.Module], loader, n_directions, distance, steps
     the float64 draw of 22.7M numbers takes 0.4 s, the rest of a direction 0.05 s)."""
     if isinstance(n_directions, bool) or not isinstance(n_directions, int) or n_directions < 1:
         raise ValueError(f"n_directions must be a positive int, got {n_directions!r}")
-    rows: list[list[dict]] = [[] for _ in models]
+    per_seed = []
     # under torch.distributed each rank takes its share of the directions, whole
     for s in share(list(range(seed, seed + n_directions))):
+        rows = []
         drawn: tuple | None = None
-        for i, model in enumerate(models):
+        for model in models:
             params = _params(model)
             shapes = [(k, tuple(p.shape)) for k, p in params.items()]
             if drawn is None or drawn[0] != shapes:
@@ -628,10 +629,8 @@ def _basin_widths(models: list[nn.Module], loader, n_directions, distance, steps
                 line = loss_line(model, loader, d, distance, steps, loss_fn, spec, mode,
                                  progress, max_batches=max_batches)
             b = basin_width(line, threshold, relative)
-            rows[i].append({"seed": s, "left": b.left, "right": b.right, "width": b.width,
-                            "minimum": b.minimum})
-    if active():
-        ranks = gather(rows)
-        rows = [sorted((r for part in ranks for r in part[i]), key=lambda r: r["seed"])
-                for i in range(len(models))]
-    return [pd.DataFrame(r) for r in rows]
+            rows.append({"seed": s, "left": b.left, "right": b.right, "width": b.width,
+                         "minimum": b.minimum})
+        per_seed.append((s, rows))
+    by_seed = collect(per_seed)
+    return [pd.DataFrame([rows[i] for rows in by_seed]) for i in range(len(models))]

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .allocation import allocate, memory_budget
-from .distributed import gather, share
+from .distributed import collect, share
 from .quantize import QuantSpec, quantize_model
 from .sensitivity import cost_table
 from .train import evaluate
@@ -126,8 +126,8 @@ def measured_optimum(
                         desc="configurations", disable=not progress, leave=False):
         loss, acc = _measure(model, loader, bits, loss_fn, defaults)
         used = sum(sizes[k] * b for k, b in bits.items()) / total
-        measured.append((i, used, loss, acc, bits))
-    measured = [m[1:] for m in sorted(m for part in gather(measured) for m in part)]
+        measured.append((i, (used, loss, acc, bits)))
+    measured = collect(measured)
     rows = []
     for avg in average_bits:
         feasible = [m for m in measured if m[0] <= avg * (1 + 1e-12)]
@@ -178,8 +178,7 @@ def configuration_agreement(
         for m, c in costs.items():
             row[m] = float(sum(c.loc[n, b] for n, b in bits.items()))
         rows.append((i, row))
-    configs = pd.DataFrame([r for _, r in sorted((r for part in gather(rows) for r in part),
-                                                 key=lambda r: r[0])])
+    configs = pd.DataFrame(collect(rows))
     agreement = pd.DataFrame([
         {"measure": m, "kendall": float(kendalltau(configs[m], configs.loss_increase)[0]),
          "spearman": float(spearmanr(configs[m], configs.loss_increase)[0]),

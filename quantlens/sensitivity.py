@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batches import BatchLoss, _device, iterate_batches, to_device
-from .distributed import gather, share
+from .distributed import collect, share
 from .guard import eval_mode, preserved, swapped
 from .quantize import (
     QuantSpec,
@@ -188,8 +188,7 @@ def oracle(model: nn.Module, loader: DataLoader, bits: Sequence[int] = (2, 3, 4,
             rows.append((i, {"layer": name, "bits": b, "loss": ev.loss,
                              "accuracy": ev.accuracy, "oracle_loss": ev.loss - base.loss,
                              "oracle_accuracy": base.accuracy - ev.accuracy}))
-    return pd.DataFrame([r for _, r in sorted((r for part in gather(rows) for r in part),
-                                              key=lambda r: r[0])])
+    return pd.DataFrame(collect(rows))
 
 
 def layer_sensitivity(

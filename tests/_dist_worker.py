@@ -12,12 +12,12 @@ import sys
 
 import torch
 import torch.distributed as dist
+
+# run as a script: its folder, tests/, is on sys.path
+from _dist_data import built_on_the_operator, model_and_data, sweeps
 from torch.utils.data import DataLoader, Subset
 
 import quantlens as ql
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from _dist_data import built_on_the_operator, model_and_data, sweeps  # noqa: E402
 
 
 def main() -> None:

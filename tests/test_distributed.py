@@ -94,3 +94,13 @@ def test_landscapes_and_sweeps_split_over_two_processes_equal_one_process(tmp_pa
                 np.testing.assert_array_equal(a, b)
         for key in ("widths", "oracle", "optimum", "alpha"):
             pd.testing.assert_frame_equal(got[key], reference[key], check_exact=True)
+
+
+def test_helpers_without_a_process_group():
+    # one process: the helpers are the identity, and collect puts pairs in position order
+    t = torch.arange(3.0)
+    assert ql.distributed.all_sum(t) is t
+    assert ql.distributed.share([1, 2, 3]) == [1, 2, 3]
+    assert ql.distributed.collect([(2, "c"), (0, "a"), (1, "b")]) == ["a", "b", "c"]
+    with pytest.raises(TypeError, match="t must be a torch.Tensor"):
+        ql.distributed.all_sum([1.0])

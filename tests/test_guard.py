@@ -99,3 +99,17 @@ def test_swapped_restores_one_tensor_bitwise_also_after_exception():
         with ql.swapped(w, new):
             raise RuntimeError("midway")
     assert snap.differences(m) == []
+
+
+def test_swapped_bad_arguments_are_clear_errors():
+    m = _model()
+    w = m[0].weight
+    with pytest.raises(TypeError, match="value"):
+        with ql.swapped(w, [1.0]):
+            pass
+    with pytest.raises(ValueError, match="shape"):
+        with ql.swapped(w, torch.zeros(1)):
+            pass
+    with pytest.raises(TypeError, match="tensor"):
+        with ql.swapped("w", w):
+            pass
